@@ -1,0 +1,38 @@
+# Two commands on a fresh machine with Python 3.11:  `make demo`  and  `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DEMO   ?= runs/demo
+
+.PHONY: install system-deps demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -U pip setuptools wheel
+	$(BIN)/pip install -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Redis (Debian) for the serving tests' Redis cache; skipped when present or when not root.
+system-deps:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null; \
+	  else echo "redis-server missing (tests needing it will skip): sudo apt-get install redis-server"; fi; }
+
+# The main job on embedded defaults: demo data -> pipeline (kfp.local) -> live service on localhost.
+demo: install
+	$(BIN)/pi2i demo --out $(DEMO)
+
+test: install system-deps
+	$(BIN)/python -m pytest -q -ra tests
+
+bench: install
+	$(BIN)/python benchmarks/bench_swing.py
+
+lint: install
+	$(BIN)/ruff check pi2i components pipelines serving tests
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info
