@@ -1,6 +1,6 @@
 """One validated configuration for every step of the pipeline.
 
-Defaults live here (and are mirrored in ``pi2i/defaults.yaml`` for readers); a YAML file overrides any subset.
+Defaults live here (`pi2i config` prints them as YAML); a YAML file overrides any subset.
 Validation is pydantic with ``extra="forbid"``: an unknown or invalid key fails with a message naming the
 dotted key and what is allowed (see :func:`load_config`).
 """

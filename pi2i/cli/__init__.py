@@ -39,6 +39,23 @@ def _register_all() -> None:
         mod.register(app)
 
 
+@app.callback()
+def _root() -> None:
+    """pi2i: build the Swing index, train the personalized scorer, evaluate, publish and serve."""
+
+
+@app.command("config")
+def config_cmd(
+    config: str = typer.Option(None, "--config", help="YAML file to validate and merge over the defaults"),
+) -> None:
+    """Print the effective configuration (defaults merged with --config), validated."""
+    import yaml
+
+    from pi2i.config import load_config
+
+    typer.echo(yaml.safe_dump(load_config(config).model_dump(), sort_keys=False), nl=False)
+
+
 _register_all()
 
 
