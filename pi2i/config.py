@@ -51,7 +51,19 @@ class SamplingConfig(_Section):
     hard_negatives: int = Field(20, ge=0, description="from the rows of the positive triggers (paper: 20)")
     easy_negatives: int = Field(80, ge=0, description="from the rows of the other triggers (paper: 80)")
     min_history: int = Field(1, ge=1, description="earliest training position in a user's sequence")
+    behaviors: list[str] = Field(default_factory=lambda: list(BEHAVIORS), min_length=1,
+                                 description="event behaviours that count as clicks of the sequence")
+    dedup_consecutive: bool = Field(True, description="collapse back-to-back repeats of the same item")
+    max_samples: int = Field(0, ge=0, description="keep a seeded sample of N training samples; 0 = all")
     seed: int = 0
+
+    @field_validator("behaviors")
+    @classmethod
+    def _known_behaviors(cls, v: list[str]) -> list[str]:
+        bad = [b for b in v if b not in BEHAVIORS]
+        if bad:
+            raise ValueError(f"unknown behavior(s) {bad}; allowed: {list(BEHAVIORS)}")
+        return v
 
 
 class ModelConfig(_Section):
@@ -62,6 +74,7 @@ class ModelConfig(_Section):
     attention: Literal["target", "self"] = "target"
     trigger_feature: Literal["multi", "random", "none"] = "multi"
     max_trigger_hits: int = Field(8, ge=1, description="triggers kept in the multi-value feature")
+    vocab_min_count: int = Field(2, ge=1, description="items clicked fewer times share the OOV bucket")
 
 
 class TrainConfig(_Section):
@@ -73,6 +86,8 @@ class TrainConfig(_Section):
     val_fraction: float = Field(0.1, gt=0, lt=1)
     num_workers: int = Field(0, ge=0, description="Ray Train workers; 0 = run the loop in-process")
     use_gpu: bool = False
+    storage_path: str | None = Field(None, description="Ray Train checkpoints/results; None = a temp dir")
+    max_batches_per_epoch: int = Field(0, ge=0, description="cap on batches per epoch; 0 = the whole set")
     seed: int = 0
 
 
@@ -82,6 +97,9 @@ class EvalConfig(_Section):
     gate_k: int = Field(100, ge=1, description="K at which the gate compares methods")
     gate_tolerance: float = Field(0.01, ge=0, description="allowed relative drop vs the live version")
     max_users: int = Field(0, ge=0, description="evaluate a seeded sample of test users; 0 = all")
+    exclude_seen: bool = Field(True, description="no method recommends items of the user's history window; "
+                               "those items are removed from the user's test set too")
+    chunk_users: int = Field(2000, ge=1, description="users per evaluation chunk (bounds memory)")
     seed: int = 0
 
 
@@ -92,6 +110,14 @@ class ServingConfig(_Section):
     redis_url: str | None = None
     cache_ttl_s: int = Field(3600, ge=0)
     history_len: int = Field(50, ge=1)
+    cache_size: int = Field(50_000, ge=1, description="entries of the in-process LRU cache")
+    cache_k: int = Field(100, ge=1, description="items kept per cached recommendation (larger k computes)")
+    redis_timeout_s: float = Field(0.05, gt=0, description="Redis socket timeout; on failure answers are computed")
+    redis_retry_s: float = Field(2.0, ge=0, description="after a Redis failure, skip it this long")
+    nearline_workers: int = Field(1, ge=1, description="threads running the click-triggered recompute")
+    poll_s: float = Field(10.0, ge=0, description="registry CURRENT poll interval for hot swap; 0 = off")
+    max_body_bytes: int = Field(65_536, ge=256, description="larger request bodies get 413")
+    accept_unknown_items: bool = Field(False, description="accept /events for items the live version lacks")
 
 
 class Config(_Section):

@@ -1,0 +1,1 @@
+"""The pi2i daily pipeline: definition (``daily``), local run (``run_local``), cluster submit (``submit``)."""

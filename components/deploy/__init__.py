@@ -1,0 +1,1 @@
+"""KFP component: deploy (see component.py)."""

@@ -1,0 +1,1 @@
+"""KFP component: ingest (see component.py)."""

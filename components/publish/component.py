@@ -1,0 +1,18 @@
+"""Publish: a new (not yet live) version in the registry: i2i table, model dir, metrics, MANIFEST."""
+
+from kfp import dsl
+from kfp.dsl import Artifact, Dataset, Input, Model
+
+from components.image import PINNED_IMAGE
+
+
+@dsl.component(base_image=PINNED_IMAGE, install_kfp_package=False)
+def publish(i2i: Input[Dataset], model: Input[Model], report: Input[Artifact], registry_uri: str) -> str:
+    """``pi2i.registry.publish`` (promotion is the deploy step's job); returns the version id."""
+    import os
+
+    from pi2i import registry
+
+    metrics = os.path.join(report.path, "metrics.json")
+    return registry.publish(registry_uri, os.path.join(i2i.path, "i2i_table.parquet"), model.path,
+                            metrics_uri=metrics if os.path.exists(metrics) else None, promote=False)

@@ -1,0 +1,1 @@
+"""KFP component: record_run (see component.py)."""

@@ -1,0 +1,1 @@
+"""KFP component: samples (see component.py)."""

@@ -1,0 +1,1 @@
+"""KFP component: split (see component.py)."""

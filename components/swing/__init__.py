@@ -1,0 +1,1 @@
+"""KFP component: swing (see component.py)."""

@@ -1,0 +1,1 @@
+"""KFP component: train (see component.py)."""

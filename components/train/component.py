@@ -1,0 +1,37 @@
+"""Train: the target-attention scorer under Ray Train; in-process, or a KubeRay RayJob (GPU workers)."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from components.image import PINNED_IMAGE
+
+
+@dsl.component(base_image=PINNED_IMAGE, install_kfp_package=False)
+def train(samples: Input[Dataset], config: dict, gpus: int, compute: str, namespace: str, staging_uri: str,
+          run_id: str,
+          model: Output[Model], metrics: Output[Metrics]):
+    """``pi2i.train.train`` on ``samples`` into the self-contained model dir ``model``."""
+
+    from components._common import flat_metrics, remote_uri, run_ray_step
+    from pi2i.config import parse_config
+    from pi2i.contracts import join
+
+    if gpus > 0:
+        config = {**config, "train": {**config.get("train", {}), "use_gpu": True}}
+    cfg = parse_config(config)
+    remote_out = join(staging_uri or "", run_id, "model")
+
+    def local():
+        from pi2i.train import train as do_train
+
+        return do_train(samples.path, model.path, cfg, progress=False)
+
+    result = run_ray_step(
+        "train", compute, local,
+        ["pi2i", "prs", "train", "--samples", remote_uri(samples.uri), "--out", remote_out,
+         "--config", "{config}"],
+        remote_out, model.path, namespace, run_id, config=config,
+        gpus_per_worker=gpus)
+    for k, v in flat_metrics(result if compute == "local" else {}).items():
+        metrics.log_metric(k, v)
+    model.metadata.update({"framework": "pytorch", "use_gpu": cfg.train.use_gpu})

@@ -1,0 +1,411 @@
+"""Trigger–target features of PRS: ONE feature path for training, evaluation and serving (PI2I §3.2).
+
+A *group* is one point in a user's click sequence: in training the position just before a target, at serving
+the end of the user's history. From the clicks before that point the same compiled helpers take
+
+* the **triggers**: the last ``L`` distinct items, most recent first, each with its age;
+* the **behaviour sequence**: the last ``S`` clicks, most recent first;
+
+and, for every candidate item of the group,
+
+* the **multi-value trigger feature**: every trigger whose i2i row holds the candidate (most recent first, up to
+  ``H`` kept), with the Swing score, the score relative to the row's best, the rank, and the trigger's position
+  and age;
+* the **cross features** (:data:`CROSS_FEATURES`) over *all* hitting triggers plus side information.
+
+A candidate's features depend only on the group and the candidate itself — never on which other candidates are
+scored beside it — so a candidate sampled for training and the same candidate in the serving pool get
+bit-identical inputs (``tests/test_prs_features.py`` checks it). Serving candidates are the union of the
+triggers' rows (:func:`candidate_union`); training picks the positive and sampled negatives from that same union
+(:mod:`pi2i.sampling`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba as nb
+import numpy as np
+import pyarrow as pa
+
+from pi2i.i2i import I2IIndex
+
+#: Per-hit dense inputs of the multi-value trigger feature.
+HIT_FEATURES: tuple[str, ...] = ("score", "rel_score", "log_rank", "pos", "log_age_h")
+#: Per-candidate cross features (trigger–target interactions and side-info comparisons).
+CROSS_FEATURES: tuple[str, ...] = (
+    "log_n_hits", "log_best_rank", "inv_best_rank", "max_score", "sum_score", "max_rel_score",
+    "sum_rel_score", "min_pos", "log_min_age_h", "hit_by_recent", "same_cat_recent", "same_cat_any",
+    "price_known", "log_price_ratio", "is_trigger",
+)
+#: Per-group profile inputs (the user side beyond the sequence).
+#: (No pool-size input: a training sample sees ~1+hard+easy candidates, serving the whole union.)
+PROFILE_FEATURES: tuple[str, ...] = ("log_history_len", "log_num_triggers")
+SIDE_FIELDS: tuple[str, ...] = ("category_id", "brand_id", "seller_id")
+_US_PER_HOUR = 3.6e9
+
+
+# --------------------------------------------------------------------------------------------- i2i lookups
+@dataclass(frozen=True)
+class RowLookup:
+    """The i2i index with every row also sorted by target id, for O(log T) "does row r hold item x" tests."""
+
+    index: I2IIndex
+    s_targets: np.ndarray  # int64, per row sorted by target
+    s_scores: np.ndarray  # float32, aligned with s_targets
+    s_ranks: np.ndarray  # int32, aligned with s_targets
+    row_top: np.ndarray  # float32, best score of each row (for the relative score)
+
+    @classmethod
+    def build(cls, index: I2IIndex) -> "RowLookup":
+        lens = np.diff(index.indptr)
+        row_of = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
+        order = np.lexsort((index.targets, row_of))
+        top = np.zeros(len(lens), np.float32)
+        nz = lens > 0
+        if nz.any():
+            top[nz] = np.maximum.reduceat(index.scores, index.indptr[:-1][nz])
+        return cls(index, index.targets[order], index.scores[order], index.ranks[order], top)
+
+    def rows(self, items: np.ndarray) -> np.ndarray:
+        """i2i row id of each item, -1 where it has none (pads, ``-1``, stay -1)."""
+        items = np.asarray(items, np.int64)
+        r = self.index.row_ids(items.ravel()).reshape(items.shape)
+        return np.where(items < 0, -1, r)
+
+
+# --------------------------------------------------------------------------------------------- side info
+@dataclass(frozen=True)
+class ItemInfo:
+    """Item side information as sorted arrays: raw category/brand/seller id (-1 unknown) and price (NaN)."""
+
+    item_ids: np.ndarray  # int64 sorted
+    side: np.ndarray  # int64 [n, 3] raw ids of SIDE_FIELDS, -1 unknown
+    price: np.ndarray  # float64 [n], NaN unknown
+
+    @classmethod
+    def from_table(cls, table: pa.Table | None) -> "ItemInfo":
+        if table is None or table.num_rows == 0:
+            return cls(np.empty(0, np.int64), np.empty((0, 3), np.int64), np.empty(0, np.float64))
+        ids = table.column("item_id").to_numpy(zero_copy_only=False).astype(np.int64)
+        order = np.argsort(ids, kind="stable")
+        ids = ids[order]
+        keep = np.ones(len(ids), bool)
+        keep[1:] = ids[1:] != ids[:-1]
+        side = np.full((len(ids), 3), -1, np.int64)
+        for j, f in enumerate(SIDE_FIELDS):
+            if f in table.column_names:
+                col = table.column(f).cast(pa.int64()).fill_null(-1).to_numpy().astype(np.int64)
+                side[:, j] = col[order]
+        price = np.full(len(ids), np.nan)
+        if "price" in table.column_names:
+            price = table.column("price").cast(pa.float64()).fill_null(np.nan).to_numpy()[order].astype(np.float64)
+        return cls(ids[keep], side[keep], price[keep])
+
+    def present_fields(self) -> list[str]:
+        return [f for j, f in enumerate(SIDE_FIELDS) if (self.side[:, j] >= 0).any()] if len(self.item_ids) else []
+
+    def lookup(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(side [..., 3] int64 with -1 unknown, price [...] with NaN unknown) of raw item ids (-1 = pad)."""
+        items = np.asarray(items, np.int64)
+        flat = items.ravel()
+        if len(self.item_ids) == 0:
+            return np.full(items.shape + (3,), -1, np.int64), np.full(items.shape, np.nan)
+        pos = np.minimum(np.searchsorted(self.item_ids, flat), len(self.item_ids) - 1)
+        found = (self.item_ids[pos] == flat) & (flat >= 0)
+        side = np.where(found[:, None], self.side[pos], -1)
+        price = np.where(found, self.price[pos], np.nan)
+        return side.reshape(items.shape + (3,)), price.reshape(items.shape)
+
+
+# --------------------------------------------------------------------------------------------- sequences
+@nb.njit(cache=True, inline="always")
+def _last_distinct(items, ts, lo, hi, L, out_items, out_ts, out_idx):
+    """Walk back from ``hi-1`` to ``lo`` collecting the last ``L`` distinct items (most recent first), with the
+    time and index of each one's latest click. Used by the sampler and by :func:`build_groups` alike."""
+    n = 0
+    j = hi - 1
+    while j >= lo and n < L:
+        it = items[j]
+        dup = False
+        for q in range(n):
+            if out_items[q] == it:
+                dup = True
+                break
+        if not dup:
+            out_items[n] = it
+            out_ts[n] = ts[j]
+            out_idx[n] = j
+            n += 1
+        j -= 1
+    return n
+
+
+@nb.njit(cache=True, parallel=True)
+def _groups_kernel(items, ts, lo, hi, L, S, trig, trig_age, seq, profile):
+    G = len(lo)
+    for g in nb.prange(G):
+        a, b = lo[g], hi[g]
+        tts = np.empty(L, np.int64)
+        tidx = np.empty(L, np.int64)
+        n = _last_distinct(items, ts, a, b, L, trig[g], tts, tidx)
+        ref = ts[b - 1] if b > a else 0
+        for q in range(n):
+            trig_age[g, q] = (ref - tts[q]) / _US_PER_HOUR
+        m = min(S, b - a)
+        for q in range(m):
+            seq[g, q] = items[b - 1 - q]
+        profile[g, 0] = np.log1p(b - a)
+        profile[g, 1] = np.log1p(n)
+
+
+@dataclass
+class Groups:
+    """Per-group context: triggers (most recent first), their ages, the behaviour sequence, profile inputs."""
+
+    triggers: np.ndarray  # int64 [G, L], -1 pad
+    trigger_age_h: np.ndarray  # float32 [G, L]
+    seq: np.ndarray  # int64 [G, S], most recent first, -1 pad
+    profile: np.ndarray  # float32 [G, len(PROFILE_FEATURES)]
+
+
+def build_groups(items: np.ndarray, ts: np.ndarray, lo: np.ndarray, hi: np.ndarray, L: int, S: int) -> Groups:
+    """Groups for click slices ``items[lo[g]:hi[g]]`` (oldest first, ts in µs): the context of a next-click
+    prediction made right after ``items[hi[g]-1]``. Training and serving both come through here."""
+    G = len(lo)
+    trig = np.full((G, L), -1, np.int64)
+    age = np.zeros((G, L), np.float32)
+    seq = np.full((G, S), -1, np.int64)
+    prof = np.zeros((G, len(PROFILE_FEATURES)), np.float32)
+    _groups_kernel(np.ascontiguousarray(items, np.int64), np.ascontiguousarray(ts, np.int64),
+                   np.asarray(lo, np.int64), np.asarray(hi, np.int64), L, S, trig, age, seq, prof)
+    return Groups(trig, age, seq, prof)
+
+
+def dedup_consecutive(user_ptr: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """Mask keeping the first of back-to-back repeats of the same item within each user's clicks."""
+    keep = np.ones(len(items), bool)
+    if len(items) > 1:
+        keep[1:] = items[1:] != items[:-1]
+    keep[user_ptr[:-1][np.diff(user_ptr) > 0]] = True
+    return keep
+
+
+def normalize_history(items: np.ndarray, ts: np.ndarray, dedup: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One user's history as the sampler sees clicks: time order (stable), consecutive repeats collapsed."""
+    items = np.asarray(items, np.int64)
+    ts = np.asarray(ts, np.int64)
+    if len(ts) > 1 and (np.diff(ts) < 0).any():
+        o = np.argsort(ts, kind="stable")
+        items, ts = items[o], ts[o]
+    if dedup and len(items):
+        k = dedup_consecutive(np.array([0, len(items)]), items)
+        items, ts = items[k], ts[k]
+    return items, ts
+
+
+# --------------------------------------------------------------------------------------------- candidates
+@nb.njit(cache=True, parallel=True)
+def _union_count(trig_rows, indptr, s_targets, excl_ptr, excl, counts):
+    G, L = trig_rows.shape
+    for g in nb.prange(G):
+        tot = 0
+        for q in range(L):
+            r = trig_rows[g, q]
+            if r >= 0:
+                tot += indptr[r + 1] - indptr[r]
+        buf = np.empty(tot, np.int64)
+        k = 0
+        for q in range(L):
+            r = trig_rows[g, q]
+            if r >= 0:
+                for j in range(indptr[r], indptr[r + 1]):
+                    buf[k] = s_targets[j]
+                    k += 1
+        buf.sort()
+        e0, e1 = excl_ptr[g], excl_ptr[g + 1]
+        c = 0
+        for j in range(tot):
+            if j > 0 and buf[j] == buf[j - 1]:
+                continue
+            x = buf[j]
+            if e1 > e0:
+                p = np.searchsorted(excl[e0:e1], x)
+                if p < e1 - e0 and excl[e0 + p] == x:
+                    continue
+            c += 1
+        counts[g] = c
+
+
+@nb.njit(cache=True, parallel=True)
+def _union_fill(trig_rows, indptr, s_targets, excl_ptr, excl, out):
+    G, L = trig_rows.shape
+    for g in nb.prange(G):
+        tot = 0
+        for q in range(L):
+            r = trig_rows[g, q]
+            if r >= 0:
+                tot += indptr[r + 1] - indptr[r]
+        buf = np.empty(tot, np.int64)
+        k = 0
+        for q in range(L):
+            r = trig_rows[g, q]
+            if r >= 0:
+                for j in range(indptr[r], indptr[r + 1]):
+                    buf[k] = s_targets[j]
+                    k += 1
+        buf.sort()
+        e0, e1 = excl_ptr[g], excl_ptr[g + 1]
+        c = 0
+        for j in range(tot):
+            if j > 0 and buf[j] == buf[j - 1]:
+                continue
+            x = buf[j]
+            if e1 > e0:
+                p = np.searchsorted(excl[e0:e1], x)
+                if p < e1 - e0 and excl[e0 + p] == x:
+                    continue
+            out[g, c] = x
+            c += 1
+
+
+def candidate_union(lookup: RowLookup, triggers: np.ndarray,
+                    exclude: list[np.ndarray] | None = None) -> np.ndarray:
+    """Serving candidates: per group the union of its triggers' i2i rows minus ``exclude[g]``, as int64
+    [G, Cmax] sorted by item id, -1 padded."""
+    rows = lookup.rows(triggers)
+    G = len(triggers)
+    if exclude is None:
+        excl_ptr, excl = np.zeros(G + 1, np.int64), np.empty(0, np.int64)
+    else:
+        ex = [np.unique(np.asarray(e, np.int64)) for e in exclude]
+        excl_ptr = np.zeros(G + 1, np.int64)
+        excl_ptr[1:] = np.cumsum([len(e) for e in ex])
+        excl = np.concatenate(ex) if ex else np.empty(0, np.int64)
+    counts = np.zeros(G, np.int64)
+    ip = lookup.index.indptr
+    _union_count(rows, ip, lookup.s_targets, excl_ptr, excl, counts)
+    out = np.full((G, int(counts.max()) if G else 0), -1, np.int64)
+    _union_fill(rows, ip, lookup.s_targets, excl_ptr, excl, out)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- features
+@nb.njit(cache=True, parallel=True)
+def _features_kernel(cands, trig, trig_rows, trig_age, trig_cat, trig_price, cand_cat, cand_price,
+                     indptr, s_targets, s_scores, s_ranks, row_top, L, H,
+                     hit_slot, hit_dense, cross):
+    G, C = cands.shape
+    LT = trig.shape[1]
+    for g in nb.prange(G):
+        ntrig = 0
+        for q in range(LT):
+            if trig[g, q] >= 0:
+                ntrig += 1
+        for c in range(C):
+            x = cands[g, c]
+            if x < 0:
+                continue
+            nh = 0
+            best = 1 << 30
+            mx = 0.0
+            sm = 0.0
+            mxr = 0.0
+            smr = 0.0
+            minpos = -1
+            minage = 0.0
+            recent = 0.0
+            is_trig = 0.0
+            same_any = 0.0
+            for q in range(ntrig):
+                if trig[g, q] == x:
+                    is_trig = 1.0
+                if cand_cat[g, c] >= 0 and trig_cat[g, q] == cand_cat[g, c]:
+                    same_any = 1.0
+                r = trig_rows[g, q]
+                if r < 0:
+                    continue
+                a, b = indptr[r], indptr[r + 1]
+                p = np.searchsorted(s_targets[a:b], x)
+                if p >= b - a or s_targets[a + p] != x:
+                    continue
+                s = s_scores[a + p]
+                rk = s_ranks[a + p]
+                rel = s / row_top[r] if row_top[r] > 0 else 0.0
+                if nh < H:
+                    hit_slot[g, c, nh] = q
+                    hit_dense[g, c, nh, 0] = s
+                    hit_dense[g, c, nh, 1] = rel
+                    hit_dense[g, c, nh, 2] = np.log(rk)
+                    hit_dense[g, c, nh, 3] = q / L
+                    hit_dense[g, c, nh, 4] = np.log1p(max(trig_age[g, q], 0.0))
+                if minpos < 0:
+                    minpos = q
+                    minage = trig_age[g, q]
+                if q == 0:
+                    recent = 1.0
+                nh += 1
+                best = min(best, rk)
+                mx = max(mx, s)
+                sm += s
+                mxr = max(mxr, rel)
+                smr += rel
+            cross[g, c, 0] = np.log1p(nh)
+            if nh > 0:
+                cross[g, c, 1] = np.log(best)
+                cross[g, c, 2] = 1.0 / best
+                cross[g, c, 7] = minpos / L
+                cross[g, c, 8] = np.log1p(max(minage, 0.0))
+            else:
+                cross[g, c, 7] = 1.0
+            cross[g, c, 3] = mx
+            cross[g, c, 4] = sm
+            cross[g, c, 5] = mxr
+            cross[g, c, 6] = smr
+            cross[g, c, 9] = recent
+            if ntrig > 0 and cand_cat[g, c] >= 0 and trig_cat[g, 0] == cand_cat[g, c]:
+                cross[g, c, 10] = 1.0
+            cross[g, c, 11] = same_any
+            pc = cand_price[g, c]
+            pt = trig_price[g, 0] if ntrig > 0 else np.nan
+            if pc > 0 and pt > 0:
+                cross[g, c, 12] = 1.0
+                cross[g, c, 13] = np.log(pc / pt)
+            cross[g, c, 14] = is_trig
+
+
+@dataclass
+class Features:
+    """Model inputs of G groups × C candidates (raw ids; the model's vocabulary encodes them)."""
+
+    cands: np.ndarray  # int64 [G, C], -1 pad
+    triggers: np.ndarray  # int64 [G, L], -1 pad
+    hit_slot: np.ndarray  # int32 [G, C, H]: index into triggers[g], -1 pad
+    hit_dense: np.ndarray  # float32 [G, C, H, len(HIT_FEATURES)]
+    cross: np.ndarray  # float32 [G, C, len(CROSS_FEATURES)]
+    seq: np.ndarray  # int64 [G, S], most recent first, -1 pad
+    profile: np.ndarray  # float32 [G, len(PROFILE_FEATURES)]
+
+    def take(self, g: np.ndarray) -> "Features":
+        return Features(*(getattr(self, f)[g] for f in self.__dataclass_fields__))
+
+
+def featurize(groups: Groups, cands: np.ndarray, lookup: RowLookup, info: ItemInfo, H: int) -> Features:
+    """Features of candidates ``cands`` [G, C] (-1 pad) for ``groups``: the one function training and serving
+    share."""
+    cands = np.ascontiguousarray(cands, np.int64)
+    G, C = cands.shape
+    L = groups.triggers.shape[1]
+    trig_rows = lookup.rows(groups.triggers)
+    tside, tprice = info.lookup(groups.triggers)
+    cside, cprice = info.lookup(cands)
+    hit_slot = np.full((G, C, H), -1, np.int32)
+    hit_dense = np.zeros((G, C, H, len(HIT_FEATURES)), np.float32)
+    cross = np.zeros((G, C, len(CROSS_FEATURES)), np.float32)
+    ip = lookup.index.indptr
+    _features_kernel(cands, groups.triggers, trig_rows, groups.trigger_age_h,
+                     np.ascontiguousarray(tside[..., 0]), np.ascontiguousarray(tprice),
+                     np.ascontiguousarray(cside[..., 0]), np.ascontiguousarray(cprice),
+                     ip, lookup.s_targets, lookup.s_scores, lookup.s_ranks, lookup.row_top, L, H,
+                     hit_slot, hit_dense, cross)
+    return Features(cands, groups.triggers, hit_slot, hit_dense, cross, groups.seq, groups.profile)

@@ -1,0 +1,342 @@
+"""Trigger–target sampling: PRS training samples from click sequences and the i2i table (PI2I §3.2.1, Alg. 1).
+
+Per user, clicks in time order. For every position ``t`` (``t >= min_history``) the click ``items[t]`` is the
+**target** and the last ``L`` distinct earlier items are the **triggers**. Triggers whose i2i row holds the target
+are the **positive triggers** ``P``; a position with ``P = ∅`` is dropped and counted. Negatives, all excluding
+the target and sampled without replacement where the pool allows (seeded, independent of thread count):
+
+* **hard**: from the rows of ``P`` (``sampling.hard_negatives``),
+* **easy**: from the rows of the other triggers (``sampling.easy_negatives``).
+
+Every candidate is an item of the union of the triggers' rows — the serving pool — and its features are built
+later by :func:`pi2i.candidates.featurize`, the very function serving uses, from the stored (user, position,
+candidates) triple. A sample therefore stores only ids; features never drift between training and serving.
+
+Samples directory layout (all written by :func:`build_samples`)::
+
+    clicks/{user_ids,user_ptr,items,ts}.npy   per-user click sequences (CSR, oldest first, ts in µs)
+    samples/{user,pos,cands}.npy              user row, target position in clicks, [N, 1+hard+easy] (0 = positive)
+    i2i.parquet                               the i2i table the samples were drawn from (features need it)
+    items.parquet  popularity.parquet  histories.parquet  stats.json  meta.json
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numba as nb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pi2i.candidates import (Features, ItemInfo, RowLookup, _last_distinct, build_groups, dedup_consecutive,
+                             featurize)
+from pi2i.config import Config
+from pi2i.contracts import (ITEM_SIDE_INFO, ITEMS_FILE, TS_TYPE, exists, join, makedirs, read_events,
+                            read_json, read_parquet, write_json, write_parquet)
+from pi2i.i2i import I2IIndex
+
+SAMPLES_SUBDIR, CLICKS_SUBDIR = "samples", "clicks"
+I2I_FILE, POPULARITY_FILE, HISTORIES_FILE, STATS_FILE, META_FILE = (
+    "i2i.parquet", "popularity.parquet", "histories.parquet", "stats.json", "meta.json")
+
+
+# --------------------------------------------------------------------------------------------- seeded RNG
+@nb.njit(cache=True, inline="always")
+def _rng(state):
+    """splitmix64: (new state, 64 random bits). Per-sample streams keep results thread-count independent."""
+    state = state + np.uint64(0x9E3779B97F4A7C15)
+    z = state
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return state, z ^ (z >> np.uint64(31))
+
+
+@nb.njit(cache=True, inline="always")
+def _pool_item(i, rows, use, indptr, s_targets):
+    """The ``i``-th item of the concatenated rows ``rows[q]`` with ``use[q]``."""
+    for q in range(len(rows)):
+        if not use[q]:
+            continue
+        r = rows[q]
+        n = indptr[r + 1] - indptr[r]
+        if i < n:
+            return s_targets[indptr[r] + i]
+        i -= n
+    return -1
+
+
+@nb.njit(cache=True, inline="always")
+def _seen(out, c, x):
+    for q in range(c):
+        if out[q] == x:
+            return True
+    return False
+
+
+@nb.njit(cache=True)
+def _draw(rows, use, n_want, target, out, c, state, indptr, s_targets):
+    """Append up to ``n_want`` distinct items of the pooled rows to ``out[c:]`` (never the target or an item
+    already in ``out``). Small pools are walked in a random permutation (exact sampling without replacement),
+    large ones by rejection with a bounded number of draws."""
+    tot = 0
+    for q in range(len(rows)):
+        if use[q]:
+            tot += indptr[rows[q] + 1] - indptr[rows[q]]
+    if tot == 0 or n_want == 0:
+        return c, state
+    limit = c + n_want
+    if tot <= 4 * n_want:
+        perm = np.arange(tot)
+        for i in range(tot - 1, 0, -1):
+            state, v = _rng(state)
+            j = np.int64(v % np.uint64(i + 1))
+            perm[i], perm[j] = perm[j], perm[i]
+        for i in range(tot):
+            if c >= limit:
+                break
+            x = _pool_item(perm[i], rows, use, indptr, s_targets)
+            if x != target and not _seen(out, c, x):
+                out[c] = x
+                c += 1
+    else:
+        tries = 0
+        while c < limit and tries < 8 * n_want + 32:
+            tries += 1
+            state, v = _rng(state)
+            x = _pool_item(np.int64(v % np.uint64(tot)), rows, use, indptr, s_targets)
+            if x != target and not _seen(out, c, x):
+                out[c] = x
+                c += 1
+    return c, state
+
+
+@nb.njit(cache=True, parallel=True)
+def _sample_kernel(items, ts, click_rows, pos_lo, pos_t, L, n_hard, n_easy, seed, indptr, s_targets,
+                   cands, npos, nhard, neasy):
+    for p in nb.prange(len(pos_t)):
+        lo, t = pos_lo[p], pos_t[p]
+        target = items[t]
+        ti = np.empty(L, np.int64)
+        tt = np.empty(L, np.int64)
+        tidx = np.empty(L, np.int64)
+        n = _last_distinct(items, ts, lo, t, L, ti, tt, tidx)
+        rows = np.empty(n, np.int64)
+        pos_trig = np.zeros(n, np.bool_)
+        neg_trig = np.zeros(n, np.bool_)
+        k = 0
+        for q in range(n):
+            r = click_rows[tidx[q]]
+            rows[q] = r
+            if r < 0:
+                continue
+            a, b = indptr[r], indptr[r + 1]
+            j = np.searchsorted(s_targets[a:b], target)
+            if j < b - a and s_targets[a + j] == target:
+                pos_trig[q] = True
+                k += 1
+            else:
+                neg_trig[q] = True
+        npos[p] = k
+        if k == 0:
+            continue
+        out = cands[p]
+        out[0] = target
+        state = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(p)
+        state, _ = _rng(state)
+        c, state = _draw(rows, pos_trig, n_hard, target, out, 1, state, indptr, s_targets)
+        nhard[p] = c - 1
+        c2, state = _draw(rows, neg_trig, n_easy, target, out, c, state, indptr, s_targets)
+        neasy[p] = c2 - c
+
+
+# --------------------------------------------------------------------------------------------- click data
+@dataclass
+class Clicks:
+    """Per-user click sequences in time order (CSR)."""
+
+    user_ids: np.ndarray  # int64 [U]
+    user_ptr: np.ndarray  # int64 [U+1]
+    items: np.ndarray  # int64
+    ts: np.ndarray  # int64 µs
+
+    @classmethod
+    def from_events(cls, events: pa.Table, behaviors: list[str], dedup: bool) -> "Clicks":
+        ev = events.filter(pc.is_in(events.column("behavior"), pa.array(behaviors)))
+        u = ev.column("user_id").to_numpy()
+        it = ev.column("item_id").to_numpy()
+        ts = ev.column("ts").cast(pa.int64()).to_numpy()
+        o = np.lexsort((ts, u))
+        u, it, ts = u[o], it[o], ts[o]
+        uniq, start = np.unique(u, return_index=True)
+        ptr = np.append(start, len(u)).astype(np.int64)
+        if dedup and len(it):
+            keep = dedup_consecutive(ptr, it)
+            it, ts, u = it[keep], ts[keep], u[keep]
+            uniq, start = np.unique(u, return_index=True)
+            ptr = np.append(start, len(u)).astype(np.int64)
+        return cls(uniq.astype(np.int64), ptr, it.astype(np.int64), ts.astype(np.int64))
+
+    def save(self, d: str) -> None:
+        os.makedirs(d, exist_ok=True)
+        for f in ("user_ids", "user_ptr", "items", "ts"):
+            np.save(os.path.join(d, f + ".npy"), getattr(self, f))
+
+    @classmethod
+    def load(cls, d: str) -> "Clicks":
+        return cls(*(np.load(os.path.join(d, f + ".npy"), mmap_mode="r")
+                     for f in ("user_ids", "user_ptr", "items", "ts")))
+
+    def histories(self, n: int) -> pa.Table:
+        """The last ``n`` clicks per user, oldest first (``histories.parquet`` of the contract)."""
+        lens = np.diff(self.user_ptr)
+        keep_len = np.minimum(lens, n)
+        start = self.user_ptr[1:] - keep_len
+        idx = np.repeat(start - np.concatenate([[0], np.cumsum(keep_len)[:-1]]), keep_len) + np.arange(keep_len.sum())
+        offs = pa.array(np.concatenate([[0], np.cumsum(keep_len)]).astype(np.int32))
+        items = pa.ListArray.from_arrays(offs, pa.array(self.items[idx], pa.int64()))
+        ts = pa.ListArray.from_arrays(offs, pa.array(self.ts[idx], pa.int64()).cast(TS_TYPE))
+        return pa.table({"user_id": pa.array(self.user_ids, pa.int64()), "items": items, "ts": ts})
+
+
+def popularity_table(events: pa.Table, behaviors: list[str]) -> pa.Table:
+    """Item click counts, most popular first (ties: smaller id first)."""
+    ev = events.filter(pc.is_in(events.column("behavior"), pa.array(behaviors)))
+    items, counts = np.unique(ev.column("item_id").to_numpy(), return_counts=True)
+    o = np.lexsort((items, -counts))
+    return pa.table({"item_id": pa.array(items[o], pa.int64()), "count": pa.array(counts[o], pa.int64())})
+
+
+def items_table(items_uri: str | None, events_uri: str, clicks: Clicks) -> pa.Table:
+    """Side info: ``items_uri``, else ``items.parquet`` beside the events, else bare ids from the clicks."""
+    uri = items_uri
+    if uri is None:
+        sib = str(Path(events_uri).parent / ITEMS_FILE) if "://" not in events_uri else None
+        uri = sib if sib and exists(sib) else None
+    if uri is not None:
+        t = read_parquet(uri)
+        cols = {"item_id": t.column("item_id").cast(pa.int64())}
+        for f, typ in ITEM_SIDE_INFO.items():
+            if f in t.column_names:
+                cols[f] = t.column(f).cast(typ)
+        return pa.table(cols)
+    return pa.table({"item_id": pa.array(np.unique(clicks.items), pa.int64())})
+
+
+# --------------------------------------------------------------------------------------------- build
+def build_samples(events_uri: str, i2i_uri: str, out_dir: str, cfg: Config, items_uri: str | None = None,
+                  progress: bool = False) -> dict:
+    """Draw trigger–target samples for every click position of ``events_uri`` against the i2i table and write
+    the samples directory (layout in the module docstring). Returns the stats also written to ``stats.json``."""
+    sc = cfg.sampling
+    t0 = time.perf_counter()
+    events = read_events(events_uri)
+    clicks = Clicks.from_events(events, sc.behaviors, sc.dedup_consecutive)
+    index = I2IIndex.load(i2i_uri)
+    lookup = RowLookup.build(index)
+    t_load = time.perf_counter() - t0
+
+    # positions: every click with at least min_history earlier clicks of the same user
+    lens = np.diff(clicks.user_ptr)
+    npos_u = np.maximum(lens - sc.min_history, 0)
+    user_of = np.repeat(np.arange(len(lens), dtype=np.int64), npos_u)
+    first = clicks.user_ptr[:-1] + sc.min_history
+    pos_t = np.repeat(first - np.concatenate([[0], np.cumsum(npos_u)[:-1]]), npos_u) + np.arange(npos_u.sum())
+    pos_lo = clicks.user_ptr[user_of]
+    C = 1 + sc.hard_negatives + sc.easy_negatives
+    P = len(pos_t)
+    cands = np.full((P, C), -1, np.int64)
+    npos = np.zeros(P, np.int32)
+    nhard = np.zeros(P, np.int32)
+    neasy = np.zeros(P, np.int32)
+    click_rows = lookup.rows(clicks.items)
+    t1 = time.perf_counter()
+    _sample_kernel(clicks.items, clicks.ts, click_rows, pos_lo, pos_t.astype(np.int64), sc.num_triggers,
+                   sc.hard_negatives, sc.easy_negatives, sc.seed, index.indptr, lookup.s_targets,
+                   cands, npos, nhard, neasy)
+    t_kernel = time.perf_counter() - t1
+    keep = npos > 0
+    kept = np.flatnonzero(keep)
+    if sc.max_samples and len(kept) > sc.max_samples:
+        rng = np.random.default_rng(sc.seed)
+        kept = np.sort(rng.choice(kept, sc.max_samples, replace=False))
+
+    makedirs(out_dir)
+    sdir = join(out_dir, SAMPLES_SUBDIR)
+    os.makedirs(sdir, exist_ok=True)
+    np.save(os.path.join(sdir, "user.npy"), user_of[kept])
+    np.save(os.path.join(sdir, "pos.npy"), pos_t[kept].astype(np.int64))
+    np.save(os.path.join(sdir, "cands.npy"), cands[kept])
+    clicks.save(join(out_dir, CLICKS_SUBDIR))
+    write_parquet(index.to_table(), join(out_dir, I2I_FILE))
+    write_parquet(items_table(items_uri, events_uri, clicks), join(out_dir, ITEMS_FILE))
+    write_parquet(popularity_table(events, sc.behaviors), join(out_dir, POPULARITY_FILE))
+    write_parquet(clicks.histories(cfg.serving.history_len), join(out_dir, HISTORIES_FILE))
+    total = time.perf_counter() - t0
+    nk = int(keep.sum())
+    stats = {
+        "events": events.num_rows, "users": len(clicks.user_ids), "clicks": len(clicks.items),
+        "positions": int(P), "samples": int(len(kept)), "samples_kept_before_cap": nk,
+        "dropped": int(P - nk), "drop_rate": float((P - nk) / P) if P else 0.0,
+        "candidates_per_sample": C,
+        "mean_positive_triggers": float(npos[keep].mean()) if nk else 0.0,
+        "mean_hard_negatives": float(nhard[keep].mean()) if nk else 0.0,
+        "mean_easy_negatives": float(neasy[keep].mean()) if nk else 0.0,
+        "seconds_load": round(t_load, 3), "seconds_sampling": round(t_kernel, 3), "seconds_total": round(total, 3),
+        "samples_per_s_sampling": float(P / t_kernel) if t_kernel > 0 else None,
+        "samples_per_s": float(P / total) if total > 0 else None,
+        "i2i_triggers": len(index), "i2i_pairs": index.num_pairs,
+    }
+    write_json(stats, join(out_dir, STATS_FILE))
+    write_json({"config": cfg.model_dump(), "events": events_uri, "i2i": i2i_uri, "items": items_uri},
+               join(out_dir, META_FILE))
+    if progress:
+        print(f"samples: {stats['samples']} of {P} positions (drop rate {stats['drop_rate']:.1%}), "
+              f"{stats['samples_per_s_sampling']:.0f} positions/s in the sampler, {total:.1f}s total")
+    return stats
+
+
+# --------------------------------------------------------------------------------------------- reading back
+class SampleSet:
+    """A samples directory opened for training: ids memory-mapped, features built per batch by
+    :func:`pi2i.candidates.featurize` (the serving path)."""
+
+    def __init__(self, samples_dir: str):
+        self.dir = samples_dir
+        sdir = os.path.join(samples_dir, SAMPLES_SUBDIR)
+        self.user = np.load(os.path.join(sdir, "user.npy"), mmap_mode="r")
+        self.pos = np.load(os.path.join(sdir, "pos.npy"), mmap_mode="r")
+        self.cands = np.load(os.path.join(sdir, "cands.npy"), mmap_mode="r")
+        self.clicks = Clicks.load(os.path.join(samples_dir, CLICKS_SUBDIR))
+        self.meta = read_json(os.path.join(samples_dir, META_FILE))
+        self._lookup: RowLookup | None = None
+        self._info: ItemInfo | None = None
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+    @property
+    def lookup(self) -> RowLookup:
+        if self._lookup is None:
+            self._lookup = RowLookup.build(I2IIndex.load(os.path.join(self.dir, I2I_FILE)))
+        return self._lookup
+
+    @property
+    def info(self) -> ItemInfo:
+        if self._info is None:
+            self._info = ItemInfo.from_table(read_parquet(os.path.join(self.dir, ITEMS_FILE)))
+        return self._info
+
+    def features(self, idx: np.ndarray, num_triggers: int, seq_len: int, max_hits: int) -> Features:
+        """Model inputs of samples ``idx``: context = the user's clicks before the target position."""
+        idx = np.asarray(idx, np.int64)
+        hi = np.asarray(self.pos[idx])
+        lo = np.asarray(self.clicks.user_ptr)[np.asarray(self.user[idx])]
+        groups = build_groups(self.clicks.items, self.clicks.ts, lo, hi, num_triggers, seq_len)
+        return featurize(groups, np.asarray(self.cands[idx]), self.lookup, self.info, max_hits)
+
+    def user_ids(self, idx: np.ndarray) -> np.ndarray:
+        return np.asarray(self.clicks.user_ids)[np.asarray(self.user[idx])]

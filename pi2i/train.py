@@ -1,0 +1,246 @@
+"""Training the PRS scorer with Ray Train (``TorchTrainer``): one code path for every scale.
+
+``train.num_workers = 0`` runs the loop in this process (Ray Train V2 local mode, used by tests and small runs);
+``N >= 1`` starts N Ray workers (CPU here, ``train.use_gpu`` on a GPU cluster) with DDP. ``ray.init`` is local
+and in-process unless ``RAY_ADDRESS`` names a cluster.
+
+Per epoch every worker takes its shard of a seeded permutation of the training samples, builds features batch
+by batch with :meth:`pi2i.sampling.SampleSet.features` (the serving feature code), optimizes Eq. 12, then scores
+the validation samples (a seeded, user-disjoint split): loss, HR@10 / HR@1 and MRR of the positive among its
+sample's candidates. Each epoch reports the metrics with a checkpoint holding the best weights so far (so the
+latest checkpoint is always the best); ``train.patience`` epochs without a better validation loss stop the run.
+
+The model directory ``M`` is self-contained: ``config.json``, ``model.safetensors``, ``vocab.parquet``,
+``items.parquet``, ``popularity.parquet``, ``histories.parquet``, ``train_metrics.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pi2i.config import Config
+from pi2i.contracts import ITEMS_FILE, read_parquet, write_json, write_parquet
+from pi2i.model import PRSModel, Vocab, positive_rank, softmax_loss, to_tensors
+from pi2i.sampling import HISTORIES_FILE, POPULARITY_FILE, SampleSet
+
+CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, METRICS_FILE = (
+    "config.json", "model.safetensors", "vocab.parquet", "train_metrics.json")
+VAL_MAX_SAMPLES = 5000
+NORM_FIT_SAMPLES = 2048
+
+
+def split_samples(ss: SampleSet, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """User-disjoint train/validation split of sample indices (a seeded hash of the user id)."""
+    uid = np.asarray(ss.clicks.user_ids)
+    h = (uid.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) + np.uint64(seed)) >> np.uint64(11)
+    is_val_user = (h % np.uint64(1_000_000)).astype(np.float64) / 1e6 < val_fraction
+    is_val = is_val_user[np.asarray(ss.user)]
+    if is_val.all() or (~is_val).all():  # tiny data: fall back to a seeded per-sample split
+        is_val = np.random.default_rng(seed).random(len(ss)) < val_fraction
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+def build_model(cfg: Config, vocab_sizes: list[int]) -> PRSModel:
+    return PRSModel(cfg.model, vocab_sizes, cfg.sampling.seq_len)
+
+
+def _features(ss: SampleSet, idx: np.ndarray, cfg: Config):
+    return ss.features(idx, cfg.sampling.num_triggers, cfg.sampling.seq_len, cfg.model.max_trigger_hits)
+
+
+def _evaluate(model: PRSModel, ss: SampleSet, idx: np.ndarray, vocab: Vocab, cfg: Config,
+              device: torch.device) -> np.ndarray:
+    """Sums over ``idx``: [count, loss, hits@1, hits@10, reciprocal rank]."""
+    out = np.zeros(5)
+    model.eval()
+    with torch.inference_mode():
+        for s in range(0, len(idx), cfg.train.batch_size):
+            b = to_tensors(_features(ss, idx[s:s + cfg.train.batch_size], cfg), vocab, device)
+            logits = model(b)
+            lp = -torch.log_softmax(logits, -1)[:, 0]
+            r = positive_rank(logits).double()
+            out += [len(r), lp.sum().item(), (r < 1).sum().item(), (r < 10).sum().item(),
+                    (1.0 / (r + 1)).sum().item()]
+    model.train()
+    return out
+
+
+def _train_loop(config: dict) -> None:
+    """Runs on every Ray Train worker (or in-process for num_workers=0)."""
+    import ray.train
+    import ray.train.torch
+    from safetensors.torch import save_file
+
+    cfg = Config.model_validate(config["cfg"])
+    tc = cfg.train
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(tc.seed)
+    ss = SampleSet(config["samples_dir"])
+    vocab = Vocab.from_table(read_parquet(config["vocab_path"]), ss.info)
+    train_idx, val_idx = split_samples(ss, tc.val_fraction, tc.seed)
+    rng = np.random.default_rng(tc.seed)
+    if len(val_idx) > VAL_MAX_SAMPLES:
+        val_idx = np.sort(rng.choice(val_idx, VAL_MAX_SAMPLES, replace=False))
+    device = ray.train.torch.get_device() if world > 1 or tc.use_gpu else torch.device("cpu")
+
+    model = build_model(cfg, config["vocab_sizes"])
+    norm_idx = np.sort(rng.choice(train_idx, min(NORM_FIT_SAMPLES, len(train_idx)), replace=False))
+    model.fit_normalizers(to_tensors(_features(ss, norm_idx, cfg), vocab))
+    model.to(device)
+    net = ray.train.torch.prepare_model(model) if world > 1 else model
+    opt = torch.optim.Adam(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    my_val = val_idx[rank::world]
+    ckpt_root = config["ckpt_root"]
+    best, best_state, bad, history = float("inf"), None, 0, []
+    for epoch in range(tc.epochs):
+        t0 = time.perf_counter()
+        perm = np.random.default_rng([tc.seed, epoch]).permutation(train_idx)
+        n_batches = len(perm) // (tc.batch_size * world)
+        if len(perm) and n_batches == 0:
+            n_batches = 1
+        if tc.max_batches_per_epoch:
+            n_batches = min(n_batches, tc.max_batches_per_epoch)
+        mine = perm[rank::world]
+        tot_loss, seen = 0.0, 0
+        for bi in range(n_batches):
+            idx = np.sort(mine[bi * tc.batch_size:(bi + 1) * tc.batch_size])
+            if len(idx) == 0:
+                break
+            b = to_tensors(_features(ss, idx, cfg), vocab, device)
+            loss = softmax_loss(net(b))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            tot_loss += loss.item() * len(idx)
+            seen += len(idx)
+            if rank == 0 and config.get("progress") and (bi + 1) % max(1, n_batches // 5) == 0:
+                print(f"[train] epoch {epoch + 1} batch {bi + 1}/{n_batches} loss {tot_loss / seen:.4f}",
+                      flush=True)
+        train_s = time.perf_counter() - t0
+        ev = _evaluate(model, ss, my_val, vocab, cfg, device)
+        tr = np.array([tot_loss, seen], dtype=np.float64)
+        if world > 1 and torch.distributed.is_initialized():
+            t = torch.tensor(np.concatenate([ev, tr]), dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(t)
+            ev, tr = t[:5].cpu().numpy(), t[5:].cpu().numpy()
+        n = max(ev[0], 1.0)
+        m = {"epoch": epoch + 1, "train_loss": float(tr[0] / max(tr[1], 1)), "val_loss": float(ev[1] / n),
+             "val_hr1": float(ev[2] / n), "val_hr10": float(ev[3] / n), "val_mrr": float(ev[4] / n),
+             "val_samples": int(ev[0]), "train_samples": int(tr[1]), "epoch_seconds": round(train_s, 3),
+             "train_samples_per_s": float(tr[1] / train_s) if train_s > 0 else None}
+        improved = m["val_loss"] < best - 1e-6
+        if improved:
+            best, bad = m["val_loss"], 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+        m["best_val_loss"] = best
+        history.append(m)
+        m_report = dict(m, history=json.dumps(history))
+        if rank == 0:
+            if config.get("progress"):
+                print(f"[train] epoch {epoch + 1}: train_loss {m['train_loss']:.4f} val_loss {m['val_loss']:.4f} "
+                      f"val_hr10 {m['val_hr10']:.4f} ({m['train_samples_per_s'] or 0:.0f} samples/s)", flush=True)
+            d = os.path.join(ckpt_root, f"epoch-{epoch + 1:03d}")
+            os.makedirs(d, exist_ok=True)
+            save_file(best_state, os.path.join(d, WEIGHTS_FILE))  # the best weights so far
+            ray.train.report(m_report, checkpoint=ray.train.Checkpoint.from_directory(d))
+        else:
+            ray.train.report(m_report)
+        if tc.patience and bad >= tc.patience:
+            break
+
+
+def train(samples_dir: str, out_dir: str, cfg: Config, progress: bool = True) -> dict:
+    """Train the scorer on a samples directory through Ray Train and write the model directory ``out_dir``.
+    Returns the metrics also written to ``train_metrics.json``."""
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t0 = time.perf_counter()
+    ss = SampleSet(samples_dir)
+    if len(ss) == 0:
+        raise ValueError(f"no training samples in {samples_dir}")
+    tc = cfg.train
+    train_idx, val_idx = split_samples(ss, tc.val_fraction, tc.seed)
+    # vocabulary from the clicks of the training users only
+    train_users = np.unique(np.asarray(ss.user)[train_idx])
+    ptr = np.asarray(ss.clicks.user_ptr)
+    lens = ptr[train_users + 1] - ptr[train_users]
+    clicked = np.asarray(ss.clicks.items)[np.repeat(ptr[train_users], lens) + (
+        np.arange(lens.sum()) - np.repeat(np.concatenate([[0], np.cumsum(lens)[:-1]]), lens))]
+    vocab = Vocab.build(clicked, ss.info, cfg.model.vocab_min_count)
+    os.makedirs(out_dir, exist_ok=True)
+    vocab_path = os.path.join(out_dir, VOCAB_FILE)
+    write_parquet(vocab.to_table(), vocab_path)
+    for f in (ITEMS_FILE, POPULARITY_FILE, HISTORIES_FILE):
+        shutil.copyfile(os.path.join(samples_dir, f), os.path.join(out_dir, f))
+
+    name = f"prs-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    storage = tc.storage_path or os.path.join(tempfile.gettempdir(), "pi2i-ray-train")
+    local_storage = "://" not in storage
+    if local_storage:
+        storage = os.path.abspath(storage)
+    ckpt_root = os.path.join(storage, name, "epochs") if local_storage else tempfile.mkdtemp(prefix="pi2i-ckpt-")
+    os.makedirs(ckpt_root, exist_ok=True)
+    if tc.num_workers > 0:
+        import ray
+
+        if not ray.is_initialized():
+            ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+                     log_to_driver=progress, configure_logging=False)
+    loop_cfg = {"cfg": cfg.model_dump(), "samples_dir": os.path.abspath(samples_dir), "vocab_path": vocab_path,
+                "vocab_sizes": vocab.sizes, "ckpt_root": ckpt_root, "progress": progress}
+    trainer = TorchTrainer(
+        _train_loop, train_loop_config=loop_cfg,
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu),
+        run_config=RunConfig(name=name, storage_path=storage, checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    result = trainer.fit()
+    if result.checkpoint is None:
+        raise RuntimeError("training reported no checkpoint")
+    with result.checkpoint.as_directory() as d:
+        shutil.copyfile(os.path.join(d, WEIGHTS_FILE), os.path.join(out_dir, WEIGHTS_FILE))
+    history = json.loads(result.metrics["history"])
+    best = min(history, key=lambda m: m["val_loss"])
+    model_meta = {
+        "format": "pi2i-prs/1", "config": cfg.model_dump(), "vocab_sizes": vocab.sizes,
+        "num_triggers": cfg.sampling.num_triggers, "seq_len": cfg.sampling.seq_len,
+        "max_trigger_hits": cfg.model.max_trigger_hits, "dedup_consecutive": cfg.sampling.dedup_consecutive,
+        "samples_dir": os.path.abspath(samples_dir),
+    }
+    with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
+        json.dump(model_meta, f, indent=2, sort_keys=True)
+    metrics = {
+        "epochs_run": len(history), "best_epoch": best["epoch"], "best": best, "history": history,
+        "train_samples": int(len(train_idx)), "val_samples": int(min(len(val_idx), VAL_MAX_SAMPLES)),
+        "vocab_sizes": vocab.sizes, "num_workers": tc.num_workers, "use_gpu": tc.use_gpu,
+        "seconds": round(time.perf_counter() - t0, 3), "ray_storage": os.path.join(storage, name),
+        "stopped_early": len(history) < tc.epochs,
+    }
+    write_json(metrics, os.path.join(out_dir, METRICS_FILE))
+    if progress:
+        print(f"[train] best epoch {best['epoch']}: val_loss {best['val_loss']:.4f} val_hr10 {best['val_hr10']:.4f}"
+              f" -> {out_dir}", flush=True)
+    return metrics
+
+
+def load_model(model_dir: str) -> tuple[PRSModel, Config, dict]:
+    """(model in eval mode, config, config.json contents) of a model directory."""
+    from safetensors.torch import load_file
+
+    meta = json.loads(Path(model_dir, CONFIG_FILE).read_text())
+    cfg = Config.model_validate(meta["config"])
+    model = build_model(cfg, meta["vocab_sizes"])
+    model.load_state_dict(load_file(os.path.join(model_dir, WEIGHTS_FILE)))
+    model.eval()
+    return model, cfg, meta

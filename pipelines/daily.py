@@ -1,0 +1,98 @@
+"""``pi2i_daily``: ingest -> split -> swing -> samples -> train -> evaluate -> (gate) publish -> deploy.
+
+The same pipeline function runs under ``kfp.local`` (``pipelines/run_local.py``) and, compiled to
+``pipelines/pi2i_daily.yaml``, on Kubeflow Pipelines (``pipelines/submit.py``). ``run_date`` is an input of the
+first step so KFP's cache never serves yesterday's data; an ``ExitHandler`` records every run's end state in
+the registry (a failed run included); training asks for accelerators through KFP's accelerator settings,
+driven by the ``train_gpus`` / ``train_accelerator`` parameters (0 GPUs = CPU training).
+"""
+
+from pathlib import Path
+
+from kfp import compiler, dsl
+
+from components.deploy.component import deploy
+from components.evaluate.component import evaluate
+from components.ingest.component import ingest
+from components.publish.component import publish
+from components.record_run.component import record_run
+from components.samples.component import samples
+from components.split.component import split
+from components.swing.component import swing
+from components.train.component import train
+
+PIPELINE_NAME = "pi2i-daily"
+COMPILED = Path(__file__).with_name("pi2i_daily.yaml")
+
+
+@dsl.pipeline(name=PIPELINE_NAME, description="Daily PI2I retrain: Swing index + scorer, gated release.")
+def pi2i_daily(
+    run_date: str,
+    data_uri: str,
+    registry_uri: str,
+    config: dict = {},  # noqa: B006  (KFP parameter default, never mutated)
+    feature_repo: str = "feature_repo",
+    feature_store_yaml: str = "",
+    compute: str = "local",
+    namespace: str = "pi2i",
+    staging_uri: str = "",
+    train_gpus: int = 0,
+    train_accelerator: str = "nvidia.com/gpu",
+    deploy_target: str = "local",
+    service_url: str = "",
+    deployment: str = "pi2i-serving",
+):
+    """One day's retrain and gated rollout.
+
+    Args:
+        run_date: the day this run trains for (YYYY-MM-DD); part of every cache key.
+        data_uri: data dir of the contract (events/items/users parquet), local path or object-store URI.
+        registry_uri: version registry (local dir or URI); gains a live version when the gate passes.
+        config: nested overrides of ``pi2i.config.Config``.
+        feature_repo: Feast repository template inside the image ('' skips Feast).
+        feature_store_yaml: alternative feature_store.yaml (e.g. feature_repo/feature_store.redis.yaml).
+        compute: 'local' (Ray in-process in the component) or 'rayjob' (KubeRay RayJob per Ray step).
+        staging_uri: object-store prefix RayJobs write to before results are copied into artifacts.
+        train_gpus: accelerators requested by the train step (0 = CPU).
+        train_accelerator: accelerator resource name for the train step.
+        deploy_target: 'local' (registry + local service hot swap) or 'kubernetes' (Deployment rollout).
+        service_url: local service to hot-swap and health-check ('' = registry only).
+        deployment: serving Deployment name (kubernetes target).
+    """
+    finished = record_run(registry_uri=registry_uri, run_date=run_date)
+    finished.set_caching_options(False).set_display_name("record-run")
+    with dsl.ExitHandler(finished, name="daily"):
+        ing = ingest(run_date=run_date, data_uri=data_uri, feature_repo=feature_repo,
+                     feature_store_yaml=feature_store_yaml)
+        ing.set_caching_options(False)  # the data dir under data_uri may be rewritten for the same date
+        spl = split(data=ing.outputs["data"], config=config)
+        sw = swing(train=spl.outputs["train"], config=config, compute=compute, namespace=namespace,
+                   staging_uri=staging_uri, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        sw.set_memory_limit("16G").set_cpu_limit("4")
+        smp = samples(train=spl.outputs["train"], i2i=sw.outputs["i2i"], config=config)
+        tr = train(samples=smp.outputs["samples"], config=config, gpus=train_gpus, compute=compute,
+                   namespace=namespace, staging_uri=staging_uri, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        tr.set_memory_limit("16G").set_cpu_limit("4")
+        tr.set_accelerator_type(train_accelerator).set_accelerator_limit(train_gpus)
+        ev = evaluate(train=spl.outputs["train"], test=spl.outputs["test"], i2i=sw.outputs["i2i"],
+                      model=tr.outputs["model"], config=config, registry_uri=registry_uri)
+        ev.set_caching_options(False)  # compares against whatever is live now
+        with dsl.If(ev.outputs["passed"] == True, name="gate-passed"):
+            pub = publish(i2i=sw.outputs["i2i"], model=tr.outputs["model"], report=ev.outputs["report"],
+                          registry_uri=registry_uri)
+            pub.set_caching_options(False)
+            dep = deploy(version=pub.output, registry_uri=registry_uri, target=deploy_target,
+                         service_url=service_url, namespace=namespace, deployment=deployment)
+            dep.set_caching_options(False)
+
+
+def compile_pipeline(out: str | Path = COMPILED) -> Path:
+    """Compile ``pi2i_daily`` to KFP IR YAML at ``out``."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(pi2i_daily, str(out))
+    return out
+
+
+if __name__ == "__main__":
+    print(compile_pipeline())

@@ -1,0 +1,57 @@
+"""Run ``pi2i_daily`` on this machine with ``kfp.local`` — the same pipeline function the cluster runs.
+
+Every component runs as a subprocess of the current Python (``SubprocessRunner(use_venv=False)``: the
+project's environment plays the role of the project image), artifacts land under ``<work_dir>/pipeline_root``.
+"""
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+#: Config overrides for small data (the pipeline's ``config`` parameter); others keep pi2i.config defaults.
+CONFIG_PRESETS: dict[str, dict] = {
+    "tiny": {"swing": {"top_t": 200}, "sampling": {"hard_negatives": 10, "easy_negatives": 20},
+             "train": {"epochs": 2, "batch_size": 128, "patience": 0},
+             "eval": {"ks": [20, 50, 100, 200], "gate_k": 50}},
+    "demo": {"swing": {"top_t": 500}, "train": {"epochs": 3},
+             "eval": {"ks": [20, 50, 100, 200, 500], "gate_k": 100}},
+}
+
+
+def default_feature_repo() -> str:
+    """The Feast repository template of this checkout (``feature_repo/``), or '' (skip Feast) if absent."""
+    repo = REPO_ROOT / "feature_repo"
+    return str(repo) if (repo / "definitions.py").exists() else ""
+
+
+def run_local(data_uri: str, registry_uri: str, work_dir: str, run_date: str | None = None,
+              config: dict | None = None, feature_repo: str | None = None, service_url: str = "",
+              raise_on_error: bool = True) -> dict[str, Any]:
+    """Execute every step of ``pi2i_daily`` locally; returns the run date, the live version before and after,
+    and where the artifacts are."""
+    from kfp import local
+
+    from pi2i import registry
+    from pipelines.daily import pi2i_daily
+
+    work = Path(work_dir).resolve()
+    root = work / "pipeline_root"
+    root.mkdir(parents=True, exist_ok=True)
+    data_uri = data_uri if "://" in data_uri else str(Path(data_uri).resolve())
+    registry_uri = registry_uri if "://" in registry_uri else str(Path(registry_uri).resolve())
+    run_date = run_date or dt.date.today().isoformat()
+    before = registry.current(registry_uri)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+               workspace_root=str(work / "workspace"), raise_on_error=raise_on_error)
+    # Ray inside component subprocesses: no dashboard, no usage ping, quiet.
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_DISABLE_DOCKER_CPU_WARNING", "1")
+    pi2i_daily(run_date=run_date, data_uri=data_uri, registry_uri=registry_uri, config=config or {},
+               feature_repo=default_feature_repo() if feature_repo is None else feature_repo,
+               service_url=service_url)
+    after = registry.current(registry_uri)
+    return {"run_date": run_date, "live_before": before, "live": after, "new_version": after != before,
+            "pipeline_root": str(root), "registry": registry_uri}
