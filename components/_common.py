@@ -87,12 +87,13 @@ def stage_config(config: dict, remote_dir: str) -> str:
 
 def run_ray_step(step: str, compute: str, local: Callable[[], Any], entrypoint: Sequence[str],
                  out_uri: str, out_dir: str, namespace: str, run_id: str, config: dict | None = None,
-                 **shape: Any) -> Any:
+                 runner: Callable[[dict], Any] | None = None, **shape: Any) -> Any:
     """The one switch between in-process Ray (``compute='local'``: call ``local()``) and a KubeRay RayJob
     (``compute='rayjob'``: run ``entrypoint`` — the same core function behind the CLI — writing to
     ``out_uri`` in the object store, then copy the result into the KFP output dir ``out_dir``). An
     entrypoint argument ``{config}`` becomes the URI of ``config`` staged as YAML beside the output; ``shape``
-    overrides the step's cluster shape (``pi2i.rayjob.STEP_RESOURCES``)."""
+    overrides the step's cluster shape (``pi2i.rayjob.STEP_RESOURCES``); ``runner`` replaces
+    :func:`pi2i.rayjob.run_rayjob` (tests)."""
     if compute == "local":
         return local()
     if compute != "rayjob":
@@ -103,6 +104,6 @@ def run_ray_step(step: str, compute: str, local: Callable[[], Any], entrypoint: 
     entrypoint = [a if a != "{config}" else stage_config(config or {}, out_uri) for a in entrypoint]
     manifest = rayjob.step_manifest(step, name, list(entrypoint), namespace=namespace,
                                     image=os.environ.get("PI2I_IMAGE", rayjob.DEFAULT_IMAGE), **shape)
-    status = rayjob.run_rayjob(manifest)
+    status = (runner or rayjob.run_rayjob)(manifest)
     copy_tree(out_uri, out_dir)
     return status

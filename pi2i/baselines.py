@@ -22,8 +22,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 import pyarrow as pa
-from numba import njit, prange
 import pyarrow.compute as pc
+from numba import njit, prange
 
 from pi2i.i2i import I2IIndex
 from pi2i.metrics import PAD
@@ -189,7 +189,7 @@ def i2i_lists(i2i: I2IIndex, triggers: CSR, k: int, truncation: int | None = Non
     t_ptr, t_items = triggers
     s_ptr, s_items = seen if seen is not None else (np.zeros(n + 1, np.int64), np.empty(0, np.int64))
     q_ptr, q_items = test if test is not None else (np.zeros(n + 1, np.int64), np.empty(0, np.int64))
-    lim = np.iinfo(np.int64).max if truncation is None else int(truncation)
+    lim = int(np.diff(i2i.indptr).max(initial=0)) if truncation is None else int(truncation)
     threads = max(1, min(numba.get_num_threads(), n))
     bounds = np.linspace(0, n, threads + 1).astype(np.int64)
     out_codes, pool_size, in_pool = _sum_topk_kernel(

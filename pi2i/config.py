@@ -21,10 +21,16 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    chunk_rows: int = Field(1_000_000, ge=1_000, description="rows per streamed chunk in loaders")
-    min_ts: str = Field("2000-01-01T00:00:00Z", description="events before this are quarantined")
+    chunk_rows: int = Field(500_000, ge=1_000, description="about this many rows per streamed chunk in loaders")
+    min_ts: str = Field("1995-01-01T00:00:00Z", description="events before this are quarantined "
+                        "(MovieLens 100k starts in 1997)")
     max_ts: str = Field("2100-01-01T00:00:00Z", description="events after this are quarantined")
     test_days: float = Field(1.0, gt=0, description="temporal split: the last N days are the test period")
+    delimiter: str | None = Field(None, min_length=1, description="csv format: field delimiter (default ',')")
+    ts_unit: Literal["auto", "s", "ms", "us", "iso"] = Field(
+        "auto", description="csv/parquet timestamps: epoch unit, ISO 8601 strings, or auto-detect")
+    sort_max_rows: int = Field(20_000_000, ge=0, description="loaders sort events by (user_id, ts) up to this "
+                               "many rows; above it they keep input order")
 
 
 class SwingConfig(_Section):
@@ -69,7 +75,8 @@ class SamplingConfig(_Section):
 class ModelConfig(_Section):
     embed_dim: int = Field(32, ge=4)
     num_heads: int = Field(2, ge=1)
-    hidden: list[int] = Field(default_factory=lambda: [128, 64], min_length=1)
+    hidden: list[int] = Field(default_factory=lambda: [64, 32], min_length=1,
+                              description="MLP widths of the query and the logit head (sized for ~10k cands/10 ms)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     attention: Literal["target", "self"] = "target"
     trigger_feature: Literal["multi", "random", "none"] = "multi"
@@ -88,6 +95,7 @@ class TrainConfig(_Section):
     use_gpu: bool = False
     storage_path: str | None = Field(None, description="Ray Train checkpoints/results; None = a temp dir")
     max_batches_per_epoch: int = Field(0, ge=0, description="cap on batches per epoch; 0 = the whole set")
+    torch_threads: int = Field(0, ge=0, description="intra-op threads per worker; 0 = torch's default")
     seed: int = 0
 
 
@@ -115,9 +123,11 @@ class ServingConfig(_Section):
     redis_timeout_s: float = Field(0.05, gt=0, description="Redis socket timeout; on failure answers are computed")
     redis_retry_s: float = Field(2.0, ge=0, description="after a Redis failure, skip it this long")
     nearline_workers: int = Field(1, ge=1, description="threads running the click-triggered recompute")
+    nearline_wait_s: float = Field(0.25, ge=0, description="a miss waits this long for a pending recompute")
     poll_s: float = Field(10.0, ge=0, description="registry CURRENT poll interval for hot swap; 0 = off")
     max_body_bytes: int = Field(65_536, ge=256, description="larger request bodies get 413")
     accept_unknown_items: bool = Field(False, description="accept /events for items the live version lacks")
+    workers: int = Field(1, ge=1, description="server processes; >1 needs redis_url and a Feast history store")
 
 
 class Config(_Section):

@@ -19,6 +19,8 @@ Protocol (paper §3.1 Eq. 5, §4.2; DESIGN.md "Evaluation gate"):
   the index, ``swing.top_t``), ``swing_pool`` (the pool ceiling: HR of the whole candidate pool — the union of
   the triggers' full rows — taken as a *set*; the same value at every K, the most any re-ranking of the pool,
   PI2I included, can reach), ``pi2i`` (``Scorer.recommend_many``) and one entry per ablation model.
+  No list is padded with popular items (serving's cold-user fallback is not evaluated here): each method is
+  scored on what it retrieves, so ``pi2i`` and ``swing_relaxed`` never exceed ``swing_pool``.
 * **K ladder**: ``eval.ks`` capped at the train catalog size (the longest list any method — popularity — can
   produce); see :func:`pi2i.metrics.k_ladder`.
 
@@ -31,7 +33,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -40,10 +42,20 @@ import pyarrow.compute as pc
 
 from pi2i import baselines as bl
 from pi2i.config import Config
-from pi2i.contracts import EVENTS_FILE, ITEMS_FILE, SUMMARY_FILE, exists, join, makedirs, read_events, read_json, \
-    read_parquet, write_json
+from pi2i.contracts import (
+    EVENTS_FILE,
+    ITEMS_FILE,
+    SUMMARY_FILE,
+    exists,
+    join,
+    makedirs,
+    read_events,
+    read_json,
+    read_parquet,
+    write_json,
+)
 from pi2i.i2i import I2IIndex
-from pi2i.metrics import PAD, MetricAccumulator, csr_from_pairs, k_ladder, pad_lists, set_hit_rate
+from pi2i.metrics import PAD, MetricAccumulator, csr_from_pairs, k_ladder, pad_lists
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +83,7 @@ class EvalUsers:
     def __len__(self) -> int:
         return len(self.users)
 
-    def chunk(self, a: int, b: int) -> "EvalUsers":
+    def chunk(self, a: int, b: int) -> EvalUsers:
         def sl(ptr: np.ndarray, *arrs: np.ndarray) -> tuple:
             lo, hi = ptr[a], ptr[b]
             return (ptr[a:b + 1] - lo, *(x[lo:hi] for x in arrs))
@@ -101,7 +113,7 @@ def prepare_users(train: pa.Table, test: pa.Table, cfg: Config) -> EvalUsers:
     test_users_all = np.unique(tu)
     users = np.intersect1d(test_users_all, train_users)
     summary: dict[str, Any] = {
-        "test_users_with_clicks": int(len(test_users_all)),
+        "test_users_with_clicks": len(test_users_all),
         "test_users_without_train_clicks": int(len(test_users_all) - len(users)),
     }
     if e.max_users and len(users) > e.max_users:
@@ -114,7 +126,7 @@ def prepare_users(train: pa.Table, test: pa.Table, cfg: Config) -> EvalUsers:
     t_ptr, t_items = csr_from_pairs(row_c[ok], ti[ok], len(users))
     history = bl.user_histories(train, users, hist_len, clicks, cfg.sampling.dedup_consecutive)
     seen = (history[0], history[1]) if e.exclude_seen else None
-    summary["test_pairs_before_seen_policy"] = int(len(t_items))
+    summary["test_pairs_before_seen_policy"] = len(t_items)
     if seen is not None:  # drop repeat clicks of the window from the test sets, then users left empty
         rows = np.repeat(np.arange(len(users)), np.diff(t_ptr))
         keep = bl._drop_seen(rows, t_items, seen)
@@ -133,7 +145,7 @@ def prepare_users(train: pa.Table, test: pa.Table, cfg: Config) -> EvalUsers:
             seen = (history[0], history[1])
     triggers = bl.last_distinct(history[0], history[1], cfg.sampling.num_triggers)
     summary.update({
-        "test_users": int(len(users)), "test_pairs": int(len(t_items)),
+        "test_users": len(users), "test_pairs": len(t_items),
         "mean_test_items_per_user": float(len(t_items) / len(users)) if len(users) else 0.0,
         "mean_history_len": float(np.diff(history[0]).mean()) if len(users) else 0.0,
         "mean_triggers": float(np.diff(triggers[0]).mean()) if len(users) else 0.0,
@@ -258,12 +270,11 @@ def evaluate(train_dir: str, test_dir: str, i2i_uri: str, model_dir: str | None,
         t0 = time.perf_counter()
         methods["swing"].add(bl.i2i_lists(i2i, u.triggers, kmax, e.classic_truncation, u.seen), u, t0)
         t0 = time.perf_counter()
-        methods["swing_relaxed"].add(bl.i2i_lists(i2i, u.triggers, kmax, None, u.seen), u, t0)
-        pu, pi = bl.pool_pairs(i2i, u.triggers, u.seen)
-        _, per_user = set_hit_rate(pu, pi, *u.test)
+        ranked, sizes, in_pool = bl.i2i_lists(i2i, u.triggers, kmax, None, u.seen, test=u.test)
+        methods["swing_relaxed"].add(ranked, u, t0)
+        rows = np.repeat(np.arange(b - a), np.diff(u.test[0]))  # pool ceiling from the same pass
+        per_user = np.bincount(rows, weights=in_pool, minlength=b - a)
         pool_hits += float(np.sum(per_user / np.diff(u.test[0])))
-        sizes = np.bincount(np.unique(pu * np.int64(2**31) + np.searchsorted(np.unique(pi), pi)) // 2**31,
-                            minlength=b - a) if len(pu) else np.zeros(b - a, np.int64)
         pool_size += int(sizes.sum())
         empty_pool += int((sizes == 0).sum())
         hists = [(u.history[1][u.history[0][j]:u.history[0][j + 1]], u.history[2][u.history[0][j]:u.history[0][j + 1]])
@@ -291,8 +302,8 @@ def evaluate(train_dir: str, test_dir: str, i2i_uri: str, model_dir: str | None,
     data = dict(u_all.summary)
     data.update({
         "train_events": train.num_rows, "test_events": test.num_rows,
-        "train_users": int(len(np.unique(train.column("user_id").to_numpy()))),
-        "train_items_clicked": int(len(popular)), "i2i_triggers": len(i2i), "i2i_pairs": i2i.num_pairs,
+        "train_users": len(np.unique(train.column("user_id").to_numpy())),
+        "train_items_clicked": len(popular), "i2i_triggers": len(i2i), "i2i_pairs": i2i.num_pairs,
         "i2i_max_row": int(np.diff(i2i.indptr).max(initial=0)),
         "i2i_mean_row": float(np.diff(i2i.indptr).mean()) if len(i2i) else 0.0,
         "users_with_empty_pool": empty_pool,
@@ -301,12 +312,15 @@ def evaluate(train_dir: str, test_dir: str, i2i_uri: str, model_dir: str | None,
         s = _find_json(d, (SUMMARY_FILE,))
         if s is not None:
             data[f"{side}_summary"] = s
-    model_info = _find_json(model_dir, ("metrics.json", "train_metrics.json")) if model_dir else None
+    model_info = _find_json(model_dir, ("train_metrics.json", "metrics.json")) if model_dir else None
+    if isinstance(model_info, dict):  # keep the summary, not the per-epoch history
+        model_info = {k: v for k, v in model_info.items() if k not in ("history",)}
     samples = samples_stats
-    if samples is None and model_dir is not None:
+    if samples is None and model_dir is not None:  # the model's config.json names the samples dir it came from
         samples = _find_json(model_dir, ("samples_stats.json", "stats.json"))
-    if samples is None and isinstance(model_info, dict):
-        samples = {k: v for k, v in model_info.items() if "drop" in k or "samples" in k} or None
+        mcfg = _find_json(model_dir, ("config.json",))
+        if samples is None and isinstance(mcfg, dict) and mcfg.get("samples_dir"):
+            samples = _find_json(mcfg["samples_dir"], ("stats.json",))
 
     metrics: dict[str, Any] = {
         "methods": out_methods,
@@ -317,7 +331,7 @@ def evaluate(train_dir: str, test_dir: str, i2i_uri: str, model_dir: str | None,
         "eval_config": e.model_dump(),
         "inputs": {"train": train_dir, "test": test_dir, "i2i": i2i_uri, "model": model_dir,
                    "ablations": ablations or {}},
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - t_start, 3),
     }
     metrics["gate"] = gate_mod.decide(out_methods, e.gate_k, e.gate_tolerance, live_metrics, live_version)

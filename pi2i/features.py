@@ -26,7 +26,7 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -104,7 +104,7 @@ def recent_items_table(events: pa.Table, history_len: int, dedup_consecutive: bo
         users, items, ts = users[keep], items[keep], ts[keep]
     n = len(users)
     starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if n else np.zeros(0, np.int64)
-    ends = np.r_[starts[1:], n].astype(np.int64)
+    ends = np.r_[starts[1:], n].astype(np.int64) if n else np.zeros(0, np.int64)
     lengths = np.minimum(ends - starts, history_len)
     keep = np.repeat(ends, ends - starts) - np.arange(n) <= history_len
     offsets = pa.array(np.r_[0, np.cumsum(lengths)].astype(np.int32), pa.int32())
@@ -195,14 +195,14 @@ def build_tables(data_dir: str, history_len: int = 50,
     schema: dict[str, Any] = {"history_len": history_len, "dedup_consecutive": dedup_consecutive,
                               "item_profile": None, "user_profile": None, "skipped_columns": []}
 
-    items = read_parquet(join(data_dir, ITEMS_FILE)) if exists(join(data_dir, ITEMS_FILE)) else None
-    item_ids = (items.column("item_id").cast(pa.int64()).combine_chunks() if items is not None
-                else pa.array([], pa.int64()))
-    tables["item_popularity"] = popularity_table(events, item_ids, t1)
-    if items is not None:
-        prof, cols = _profile(items, "item_id", ITEM_SIDE_INFO, t0, schema["skipped_columns"])
+    item_ids = pa.array([], pa.int64())
+    if exists(join(data_dir, ITEMS_FILE)):
+        prof, cols = _profile(read_parquet(join(data_dir, ITEMS_FILE)), "item_id", ITEM_SIDE_INFO, t0,
+                              schema["skipped_columns"])
+        item_ids = prof.column("item_id").combine_chunks()
         if cols:
             tables["item_profile"], schema["item_profile"] = prof, cols
+    tables["item_popularity"] = popularity_table(events, item_ids, t1)
     if exists(join(data_dir, USERS_FILE)):
         prof, cols = _profile(read_parquet(join(data_dir, USERS_FILE)), "user_id", None, t0,
                               schema["skipped_columns"])
@@ -308,8 +308,8 @@ def ingest(data_dir: str, repo_path: str | Path = "feature_repo", work_dir: str 
 
     t = time.perf_counter()
     t0, t1 = schema["time_range_us"]
-    start = datetime.fromtimestamp(t0 / 1e6, tz=timezone.utc) - timedelta(seconds=1)
-    end = datetime.fromtimestamp(t1 / 1e6, tz=timezone.utc) + timedelta(seconds=1)
+    start = datetime.fromtimestamp(t0 / 1e6, tz=UTC) - timedelta(seconds=1)
+    end = datetime.fromtimestamp(t1 / 1e6, tz=UTC) + timedelta(seconds=1)
     say(f"materializing {len(tables)} views into the online store")
     with warnings.catch_warnings():  # ibis 12 on duckdb 2 warns about its own fetch_arrow_table call
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -328,7 +328,7 @@ def ingest(data_dir: str, repo_path: str | Path = "feature_repo", work_dir: str 
         "views": sorted(tables),
         "history_len": history_len,
         "dedup_consecutive": dedup_consecutive,
-        "time_range": [datetime.fromtimestamp(x / 1e6, tz=timezone.utc).isoformat() for x in (t0, t1)],
+        "time_range": [datetime.fromtimestamp(x / 1e6, tz=UTC).isoformat() for x in (t0, t1)],
         "skipped_columns": schema["skipped_columns"],
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
     }
@@ -374,7 +374,7 @@ class FeastHistoryStore:
     processes writing the same user can lose a click (last write wins) — route a user to one writer.
     """
 
-    _FEATURES = [f"{RECENT_VIEW}:recent_items", f"{RECENT_VIEW}:recent_ts"]
+    _FEATURES = (f"{RECENT_VIEW}:recent_items", f"{RECENT_VIEW}:recent_ts")
 
     def __init__(self, repo_path: str | Path, history_len: int | None = None,
                  dedup_consecutive: bool | None = None):
@@ -390,7 +390,7 @@ class FeastHistoryStore:
     def _read(self, user_ids: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray, int]]:
         """(items, ts, row event timestamp in µs; 0 when absent) per user, from one online read."""
         resp = self.store.get_online_features(
-            features=self._FEATURES, entity_rows={"user_id": [int(u) for u in user_ids]})
+            features=list(self._FEATURES), entity_rows={"user_id": [int(u) for u in user_ids]})
         cols = resp.to_dict()
         names = list(resp.proto.metadata.feature_names.val)
         stamps = resp.proto.results[names.index("recent_items")].event_timestamps

@@ -47,7 +47,7 @@ class InMemoryHistoryStore:
         self._set_seed(seed)
 
     @classmethod
-    def from_model_dir(cls, model_dir: str, max_len: int = 50) -> "InMemoryHistoryStore":
+    def from_model_dir(cls, model_dir: str, max_len: int = 50) -> InMemoryHistoryStore:
         return cls(load_histories(model_dir), max_len=max_len)
 
     def _set_seed(self, seed: pa.Table | None) -> None:

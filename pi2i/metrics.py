@@ -8,8 +8,8 @@ Inputs, shared by every method so all are scored by the same code:
   cut, the distinct items ``test_items[test_indptr[u]:test_indptr[u+1]]``. Every user has at least one.
 
 The core step finds, for every (user, test item) pair, the 0-based position of the item in that user's ranked
-list (``ABSENT`` when absent), with one ``np.unique`` over (user, item) keys and a ``searchsorted`` — no
-per-user Python. Every metric at every K then follows from those positions by ``bincount``:
+list (``ABSENT`` when absent): the few test pairs are sorted as (user, item) keys and every list entry is looked
+up among them with ``searchsorted`` — no per-user Python, no sort of the lists. Every metric at every K then follows from those positions by ``bincount``:
 
 * ``hr@K``   = mean over users of |top-K ∩ clicked_after| / |clicked_after|            (paper Eq. 5: macro recall)
 * ``recall@K`` = Σ_u |top-K ∩ clicked_after| / Σ_u |clicked_after|                       (pooled / micro recall)
@@ -76,24 +76,28 @@ def pad_lists(lists: Sequence[np.ndarray], width: int | None = None) -> np.ndarr
     return out
 
 
-def _first_positions(ranked: np.ndarray, q_users: np.ndarray, q_codes: np.ndarray,
-                     codes_of: callable) -> np.ndarray:
-    """Position (0-based) of each query (user row, code) in ``codes_of(ranked)``; ``ABSENT`` where absent."""
-    n, w = ranked.shape
-    codes = codes_of(ranked)  # same shape, -1 = pad / unknown
-    valid = codes >= 0
-    rows = np.broadcast_to(np.arange(n, dtype=np.int64)[:, None], (n, w))[valid]
-    cols = np.broadcast_to(np.arange(w, dtype=np.int64)[None, :], (n, w))[valid]
+def _first_positions(codes: np.ndarray, q_users: np.ndarray, q_codes: np.ndarray) -> np.ndarray:
+    """Position (0-based) of each query (user row, code) in the 2-D ``codes`` (-1 = pad / not a query code);
+    ``ABSENT`` where absent. Queries must be distinct pairs.
+
+    Only the few query pairs are sorted; every list entry is looked up among them (``searchsorted``), and
+    ``np.minimum.at`` keeps the first (smallest) position of a repeated item.
+    """
+    n, w = codes.shape
+    pos = np.full(len(q_users), ABSENT, np.int64)
+    if not len(q_users) or not w:
+        return pos
     span = np.int64(max(int(codes.max(initial=0)), int(q_codes.max(initial=0))) + 1)
-    keys = rows * span + codes[valid]
-    # np.unique on row-major keys: return_index gives the first occurrence = the smallest position in the row
-    uniq, first = np.unique(keys, return_index=True)
-    pos_of_key = cols[first]
     qk = q_users * span + q_codes
-    at = np.searchsorted(uniq, qk)
-    at_c = np.minimum(at, max(len(uniq) - 1, 0))
-    found = (len(uniq) > 0) & (uniq[at_c] == qk) if len(uniq) else np.zeros(len(qk), bool)
-    return np.where(found, pos_of_key[at_c] if len(uniq) else 0, ABSENT).astype(np.int64)
+    order = np.argsort(qk, kind="stable")
+    sq = qk[order]
+    valid = codes >= 0
+    keys = (np.arange(n, dtype=np.int64)[:, None] * span + codes)[valid]
+    cols = np.broadcast_to(np.arange(w, dtype=np.int64)[None, :], (n, w))[valid]
+    at = np.minimum(np.searchsorted(sq, keys), len(sq) - 1)
+    match = sq[at] == keys
+    np.minimum.at(pos, order[at[match]], cols[match])
+    return pos
 
 
 def _lookup(sorted_keys: np.ndarray, values: np.ndarray, a: np.ndarray, default: int = -1) -> np.ndarray:
@@ -129,7 +133,7 @@ class MetricAccumulator:
             order = np.argsort(ids, kind="stable")
             uc, cinv = np.unique(cats[order], return_inverse=True)
             self.cat_ids, self.cat_codes, self.n_cats = ids[order], cinv.astype(np.int64), len(uc)
-            self.seen_cats = np.zeros((len(self.ks), max(self.n_cats, 1)), bool)
+            self.cat_first = np.full(max(self.n_cats, 1), ABSENT, np.int64)
 
     def _cats(self, a: np.ndarray) -> np.ndarray:
         return _lookup(self.cat_ids, self.cat_codes, a)
@@ -146,14 +150,10 @@ class MetricAccumulator:
         sizes = np.diff(test_indptr)
         if sizes.min() < 1:
             raise ValueError("every test user needs at least one clicked-after item")
-        vocab = np.unique(np.concatenate([test_items, ranked[ranked != PAD]]))
+        vocab = np.unique(test_items)  # only test items can hit: other list entries get code -1
         code = np.arange(len(vocab), dtype=np.int64)
-
-        def items_of(a: np.ndarray) -> np.ndarray:
-            return np.where(a == PAD, -1, _lookup(vocab, code, a))
-
         q_users = np.repeat(np.arange(n, dtype=np.int64), sizes)
-        pos = _first_positions(ranked, q_users, items_of(test_items), items_of)
+        pos = _first_positions(_lookup(vocab, code, ranked), q_users, _lookup(vocab, code, test_items))
         inside = pos[None, :] < self._kk  # (n_ks, n_pairs)
         gain = np.where(pos < ABSENT, 1.0 / np.log2(np.minimum(pos, 2**40) + 2.0), 0.0)
         for j, k in enumerate(self.ks):
@@ -172,15 +172,16 @@ class MetricAccumulator:
         if len(cu):  # distinct (user, category) test pairs
             key = np.unique(cu * np.int64(self.n_cats + 1) + cc)
             cu, cc = key // (self.n_cats + 1), key % (self.n_cats + 1)
-        cpos = _first_positions(ranked, cu, cc, lambda a: np.where(a == PAD, -1, self._cats(a)))
+        rc = self._cats(ranked)  # PAD is never an item id: -1
+        cpos = _first_positions(rc, cu, cc)
         ncat = np.bincount(cu, minlength=n)
         self.cat_n += int((ncat > 0).sum())
-        rc = np.where(ranked == PAD, -1, self._cats(ranked))
+        valid = rc >= 0  # earliest position at which each category appears in any list
+        cols = np.broadcast_to(np.arange(rc.shape[1], dtype=np.int64)[None, :], rc.shape)[valid]
+        np.minimum.at(self.cat_first, rc[valid], cols)
         for j, k in enumerate(self.ks):
             got = np.bincount(cu, weights=cpos < k, minlength=n)
             self.cat_cov[j] += np.sum(got[ncat > 0] / ncat[ncat > 0])
-            top = rc[:, :k]
-            self.seen_cats[j, top[top >= 0]] = True
 
     def result(self) -> dict[str, dict[int, float]]:
         nan = float("nan")
@@ -194,7 +195,7 @@ class MetricAccumulator:
             out["category_coverage"] = {k: float(self.cat_cov[j] / self.cat_n) if self.cat_n else nan
                                         for j, k in enumerate(self.ks)}
             out["catalog_category_coverage"] = {
-                k: float(self.seen_cats[j].sum() / self.n_cats) if self.n_cats else nan
+                k: float((self.cat_first < k).sum() / self.n_cats) if self.n_cats else nan
                 for j, k in enumerate(self.ks)}
         return out
 

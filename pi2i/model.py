@@ -5,7 +5,7 @@
     E_item(x)  = Σ_f Emb_f(x_f)   over the item's id, category, brand, seller (vocab: 0 pad, 1 OOV)
     E_trigger  = mean over the hitting triggers h of  E_item(h) + W·hitdense(h)   (the multi-value feature)
     E_target   = E_item(candidate)
-    E_cross    = W·cross(candidate)                                            (standardized)
+    E_cross    = MLP(cross(candidate))                                          (standardized inputs)
     Q          = MLP(E_trigger ⊕ E_target ⊕ E_cross)                                                   (8)
     MHA        = MultiHeadAttention(query Q, keys/values E_item(seq) + E_pos)  (padding masked)    (9–10)
     E_profile  = [masked mean of the sequence ⊕ W·profile]
@@ -47,7 +47,7 @@ class Vocab:
     info: ItemInfo  # raw side info, to encode items the id vocabulary has never seen
 
     @classmethod
-    def build(cls, clicked_items: np.ndarray, info: ItemInfo, min_count: int) -> "Vocab":
+    def build(cls, clicked_items: np.ndarray, info: ItemInfo, min_count: int) -> Vocab:
         ids, counts = np.unique(np.asarray(clicked_items, np.int64), return_counts=True)
         side_values = []
         for j in range(len(SIDE_FIELDS)):
@@ -86,16 +86,16 @@ class Vocab:
                          "value": pa.array(np.concatenate(vals).astype(np.int64), pa.int64())})
 
     @classmethod
-    def from_table(cls, t: pa.Table, info: ItemInfo) -> "Vocab":
+    def from_table(cls, t: pa.Table, info: ItemInfo) -> Vocab:
         f = np.asarray(t.column("field").to_pylist(), dtype=object)
         v = t.column("value").to_numpy()
-        get = lambda name: np.sort(v[f == name]).astype(np.int64)  # noqa: E731
+        get = lambda name: np.sort(v[f == name]).astype(np.int64)
         return cls(get("item_id"), [get(s) for s in SIDE_FIELDS], info)
 
 
 def to_tensors(feat: Features, vocab: Vocab, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """Encode features into the model's input tensors."""
-    t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dt)  # noqa: E731
+    t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dt)
     return {
         "cand": t(vocab.encode(feat.cands), torch.long),
         "cand_mask": t(feat.cands >= 0, torch.bool),
@@ -109,15 +109,50 @@ def to_tensors(feat: Features, vocab: Vocab, device: torch.device | str = "cpu")
 
 
 # --------------------------------------------------------------------------------------------- model
-def mlp(dims: list[int], dropout: float, last_act: bool = False) -> nn.Sequential:
+def mlp(dims: list[int], dropout: float) -> nn.Sequential:
     layers: list[nn.Module] = []
     for i in range(len(dims) - 1):
         layers.append(nn.Linear(dims[i], dims[i + 1]))
-        if i < len(dims) - 2 or last_act:
+        if i < len(dims) - 2:
             layers.append(nn.ReLU())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
+
+
+class SplitLinear(nn.Module):
+    """``Linear(concat(parts))`` computed as ``Σ_i W_i·part_i + b`` — identical maths, but per-group parts (the
+    attention summary under self-attention, the profile) are projected once per group and broadcast instead of
+    being copied to every candidate, and no [G, C, ΣD] concatenation is materialized."""
+
+    def __init__(self, in_dims: list[int], out: int):
+        super().__init__()
+        self.in_dims = list(in_dims)
+        self.lin = nn.Linear(sum(in_dims), out)
+
+    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        out, o = None, 0
+        for p, d in zip(parts, self.in_dims):
+            y = nn.functional.linear(p, self.lin.weight[:, o:o + d])
+            out = y if out is None else out + y
+            o += d
+        return out + self.lin.bias
+
+
+class MLPHead(nn.Module):
+    """MLP over a concatenation of parts (first layer a :class:`SplitLinear`)."""
+
+    def __init__(self, in_dims: list[int], hidden: list[int], out: int, dropout: float):
+        super().__init__()
+        self.first = SplitLinear(in_dims, hidden[0] if hidden else out)
+        rest: list[nn.Module] = []
+        if hidden:
+            rest = [nn.ReLU()] + ([nn.Dropout(dropout)] if dropout > 0 else [])
+            rest.append(mlp([*hidden, out], dropout))
+        self.rest = nn.Sequential(*rest)
+
+    def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        return self.rest(self.first(parts))
 
 
 class Standardize(nn.Module):
@@ -130,9 +165,9 @@ class Standardize(nn.Module):
 
     def fit(self, x: torch.Tensor, mask: torch.Tensor) -> None:
         v = x[mask]
-        if len(v):
+        if len(v) > 1:
             self.mean.copy_(v.mean(0))
-            self.std.copy_(v.std(0).clamp_min(1e-3) if len(v) > 1 else torch.ones_like(self.std))
+            self.std.copy_(v.std(0).clamp_min(1e-3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (x - self.mean) / self.std
@@ -150,9 +185,9 @@ class PRSModel(nn.Module):
         self.hit_proj = nn.Linear(len(HIT_FEATURES), D)
         self.cross_proj = mlp([len(CROSS_FEATURES), D, D], cfg.dropout)
         self.profile_proj = nn.Linear(len(PROFILE_FEATURES), D)
-        self.query = mlp([3 * D, *cfg.hidden, D], cfg.dropout)
+        self.query = MLPHead([D, D, D], cfg.hidden, D, cfg.dropout)
         self.mha = nn.MultiheadAttention(D, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
-        self.head = mlp([D + 2 * D + 3 * D, *cfg.hidden, 1], cfg.dropout)
+        self.head = MLPHead([D, D, D, D, D, D], cfg.hidden, 1, cfg.dropout)
         for e in self.emb:
             nn.init.normal_(e.weight, std=0.05)
             with torch.no_grad():
@@ -165,27 +200,37 @@ class PRSModel(nn.Module):
             out = out + self.emb[j](x[..., j])
         return out
 
-    def trigger_feature(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        """E_trigger [G, C, D]: pooled embeddings of the triggers whose row holds each candidate."""
-        G, C, H = b["hit_slot"].shape
-        D = self.cfg.embed_dim
+    def hit_mask(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[G, C, H] hits the trigger feature uses: all (multi), one random per candidate (random), none."""
+        mask = b["hit_slot"] >= 0
         mode = self.cfg.trigger_feature
         if mode == "none":
-            return b["cross"].new_zeros(G, C, D)
-        mask = b["hit_slot"] >= 0
-        if mode == "random":  # keep one uniformly random hitting trigger per candidate
-            r = torch.rand(G, C, H, device=mask.device).masked_fill(~mask, -1.0)
-            keep = r.argmax(-1, keepdim=True)
-            mask = mask & (torch.arange(H, device=mask.device) == keep)
-        trig = self.item_emb(b["trig"])  # [G, L, D]
-        slot = b["hit_slot"].clamp_min(0).reshape(G, C * H, 1).expand(-1, -1, D)
-        e = torch.gather(trig, 1, slot).reshape(G, C, H, D) + self.hit_proj(self.hit_norm(b["hit_dense"]))
-        m = mask.unsqueeze(-1).to(e.dtype)
-        return (e * m).sum(2) / m.sum(2).clamp_min(1.0)
+            return torch.zeros_like(mask)
+        if mode == "random":
+            H = mask.shape[-1]
+            r = torch.rand(mask.shape, device=mask.device).masked_fill(~mask, -1.0)
+            mask = mask & (torch.arange(H, device=mask.device) == r.argmax(-1, keepdim=True))
+        return mask
+
+    def trigger_feature(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """E_trigger [G, C, D]: mean over the used hits h of E_item(trigger_h) + W·x_h.
+
+        Pool first, then project (the mean commutes with the linear map): ``A @ E_item(triggers)`` with A [G, C, L]
+        the hit-averaging matrix, so no [G, C, H, D] tensor is formed."""
+        G, C, _ = b["hit_slot"].shape
+        if self.cfg.trigger_feature == "none":
+            return b["cross"].new_zeros(G, C, self.cfg.embed_dim)
+        m = self.hit_mask(b).to(b["hit_dense"].dtype)
+        n = m.sum(2, keepdim=True)
+        inv = 1.0 / n.clamp_min(1.0)
+        A = torch.zeros(G, C, b["trig"].shape[1], dtype=m.dtype, device=m.device)
+        A.scatter_add_(2, b["hit_slot"].clamp_min(0), m)
+        pooled = torch.bmm(A * inv, self.item_emb(b["trig"]))
+        x = (self.hit_norm(b["hit_dense"]) * m.unsqueeze(-1)).sum(2) * inv
+        return pooled + self.hit_proj(x) * (n > 0).to(x.dtype)
 
     def forward(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits [G, C]; padded candidates get -inf."""
-        G, C = b["cand_mask"].shape
         e_trig = self.trigger_feature(b)
         e_tgt = self.item_emb(b["cand"])
         e_cross = self.cross_proj(self.cross_norm(b["cross"]))
@@ -193,20 +238,20 @@ class PRSModel(nn.Module):
         seq = self.item_emb(b["seq"]) + self.pos.weight[:S]
         pad = b["seq"][..., 0] == PAD  # [G, S]
         empty = pad.all(1)
-        pad = pad.clone()
-        pad[empty, 0] = False  # an empty sequence attends to its first (padding) slot instead of giving NaN
+        if empty.any():  # an empty sequence attends to its first (padding) slot instead of giving NaN
+            pad = pad.clone()
+            pad[empty, 0] = False
         if self.cfg.attention == "target":
-            q = self.query(torch.cat([e_trig, e_tgt, e_cross], -1))
+            q = self.query([e_trig, e_tgt, e_cross])
             att, _ = self.mha(q, seq, seq, key_padding_mask=pad, need_weights=False)
         else:  # ablation: self-attention over the sequence, pooled; blind to the candidate
             sa, _ = self.mha(seq, seq, seq, key_padding_mask=pad, need_weights=False)
             w = (~pad).unsqueeze(-1).to(sa.dtype)
-            att = ((sa * w).sum(1) / w.sum(1).clamp_min(1.0)).unsqueeze(1).expand(G, C, -1)
+            att = ((sa * w).sum(1) / w.sum(1).clamp_min(1.0)).unsqueeze(1)  # [G, 1, D], broadcast
         valid = (~pad).unsqueeze(-1).to(seq.dtype)
-        prof = torch.cat([(seq * valid).sum(1) / valid.sum(1).clamp_min(1.0),
-                          self.profile_proj(b["profile"])], -1)
-        prof = prof.unsqueeze(1).expand(G, C, -1)
-        logit = self.head(torch.cat([att, prof, e_trig, e_tgt, e_cross], -1)).squeeze(-1)
+        seq_mean = ((seq * valid).sum(1) / valid.sum(1).clamp_min(1.0)).unsqueeze(1)  # [G, 1, D]
+        prof = self.profile_proj(b["profile"]).unsqueeze(1)  # [G, 1, D]
+        logit = self.head([att, seq_mean, prof, e_trig, e_tgt, e_cross]).squeeze(-1)
         return logit.masked_fill(~b["cand_mask"], float("-inf"))
 
     @torch.no_grad()

@@ -20,9 +20,11 @@ import threading
 import time
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from datetime import UTC
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -130,7 +132,7 @@ class CachedRec:
             self.trig_indptr.astype("<i8").tobytes() + self.trig_flat.astype("<i8").tobytes()
 
     @classmethod
-    def from_bytes(cls, b: bytes) -> "CachedRec":
+    def from_bytes(cls, b: bytes) -> CachedRec:
         fp, n, nt, nc, npers, at, _ = cls._HDR.unpack_from(b)
         o = cls._HDR.size
         items = np.frombuffer(b, "<i8", n, o); o += 8 * n
@@ -266,6 +268,7 @@ class OnlineRecommender:
         self._reload_lock = threading.Lock()
         self._pending: dict[int, bool] = {}  # user -> dirty (a click arrived while its recompute ran)
         self._pending_lock = threading.Lock()
+        self._landed = threading.Condition(self._pending_lock)  # notified when a user's recompute finishes
         self._nearline = ThreadPoolExecutor(self.cfg.nearline_workers, thread_name_prefix="pi2i-nearline")
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -297,7 +300,7 @@ class OnlineRecommender:
             old = self._live
             try:
                 target = version or reg.current(self.registry)
-            except Exception as e:  # unreadable registry: keep serving
+            except Exception as e:  # noqa: BLE001 - unreadable registry: keep serving
                 target, err = None, f"cannot read registry CURRENT: {e}"
                 self.last_error = {"version": None, "error": err, "at": time.time()}
                 return self._note({"status": "failed", "version": old and old.version, "error": err})
@@ -308,7 +311,7 @@ class OnlineRecommender:
                 return {"status": "unchanged", "version": target}
             try:
                 new = load_version(self.registry, target, verify=self.verify)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - any failure to load leaves the old version serving
                 err = f"{type(e).__name__}: {e}"
                 log.error("refusing version %s: %s (still serving %s)", target, err, old and old.version)
                 self.last_error = {"version": target, "error": err, "at": time.time()}
@@ -337,11 +340,11 @@ class OnlineRecommender:
             return
 
         def loop() -> None:
-            refused: str | None = None
+            refused = self.last_error.get("version") if self.last_error else None  # e.g. refused at startup
             while not self._stop.wait(self.cfg.poll_s):
                 try:
                     cur = reg.current(self.registry)
-                except Exception as e:  # transient storage errors: try again next tick
+                except Exception as e:  # noqa: BLE001 - transient storage errors: try again next tick
                     log.warning("registry poll failed: %s", e)
                     continue
                 live = self._live.version if self._live else None
@@ -403,6 +406,9 @@ class OnlineRecommender:
             key = self._key(v, user_id, exclude_seen)
             fp = fingerprint(items, ts)
             hit = self.cache.get(key)
+            if (hit is None or hit.fp != fp) and exclude_seen and k <= self.cfg.cache_k \
+                    and self._await_nearline(user_id):
+                hit = self.cache.get(key)  # the click's own recompute just landed: don't compute twice
             if hit is not None and hit.fp == fp and len(hit.items) >= k:
                 self.counts["cache"] += 1
                 return self._wrap(v, user_id, "cache", hit.answer(k), len(items))
@@ -487,7 +493,23 @@ class OnlineRecommender:
             with self._pending_lock:
                 if not self._pending.get(user_id):
                     self._pending.pop(user_id, None)
+                    self._landed.notify_all()
                     return
+
+    def _await_nearline(self, user_id: int) -> bool:
+        """Wait up to ``nearline_wait_s`` for a queued/running recompute of this user; True if one finished."""
+        if self.cfg.nearline_wait_s <= 0:
+            return False
+        end = time.monotonic() + self.cfg.nearline_wait_s
+        with self._landed:
+            if user_id not in self._pending:
+                return False
+            while user_id in self._pending:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._landed.wait(left)
+        return True
 
     def pending(self) -> int:
         with self._pending_lock:
@@ -508,7 +530,7 @@ class OnlineRecommender:
         v = self._live
         try:
             cur = reg.current(self.registry)
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - reported, not raised
             cur = f"unreadable: {e}"
         return {
             "version": v and v.version, "loaded_at": v and v.loaded_at, "load_s": v and round(v.load_s, 3),
@@ -538,14 +560,14 @@ def parse_ts(value: int | str | None) -> int | None:
     if isinstance(value, int):
         us = value
     else:
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         try:
-            dt = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+            dt = datetime.fromisoformat(str(value))  # 3.11 reads a trailing Z
         except ValueError:
             raise ServingError(f"ts {value!r} is not an ISO-8601 time") from None
         if dt.tzinfo is None:
-            dt = dt.replace(tzinfo=timezone.utc)
+            dt = dt.replace(tzinfo=UTC)
         us = int(dt.timestamp() * 1_000_000)
     lo, hi = 946_684_800_000_000, 4_102_444_800_000_000  # 2000-01-01 .. 2100-01-01, as data.min_ts/max_ts
     if not lo <= us < hi:

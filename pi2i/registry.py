@@ -13,12 +13,13 @@ The registry is a local directory or any URI pyarrow filesystems understand (``f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 
@@ -114,8 +115,7 @@ def version_path(registry: str, version: str) -> str:
     reg = str(registry).rstrip("/")
     if "://" in reg:
         return f"{reg}/{version}"
-    fs, root = _root(reg)
-    return _j(root, version)
+    return _j(_root(reg)[1], version)
 
 
 def _check_id(version: str) -> None:
@@ -140,9 +140,9 @@ def list_versions(registry: str) -> list[str]:
 def _new_version_id(existing: list[str], digest: str) -> str:
     now = int(time.time())
     if existing:  # keep ids sorted by publish order even within one second
-        last = datetime.strptime(existing[-1][1:16], "%Y%m%d-%H%M%S").replace(tzinfo=timezone.utc)
+        last = datetime.strptime(existing[-1][1:16], "%Y%m%d-%H%M%S").replace(tzinfo=UTC)
         now = max(now, int(last.timestamp()) + 1)
-    stamp = datetime.fromtimestamp(now, tz=timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.fromtimestamp(now, tz=UTC).strftime("%Y%m%d-%H%M%S")
     return f"v{stamp}-{digest[:8]}"
 
 
@@ -203,7 +203,7 @@ def publish(registry: str, i2i_uri: str, model_dir: str, metrics_uri: str | None
             f.write(mbytes)
         gate = metrics.get("gate") if isinstance(metrics, dict) else None
         manifest = {
-            "version": version, "created_at": datetime.now(timezone.utc).isoformat(), "content_sha256": digest,
+            "version": version, "created_at": datetime.now(UTC).isoformat(), "content_sha256": digest,
             "source": {"i2i": str(i2i_uri), "model_dir": str(model_dir), "metrics": metrics_uri},
             "gate": gate, "files": files,
         }
@@ -212,10 +212,8 @@ def publish(registry: str, i2i_uri: str, model_dir: str, metrics_uri: str | None
         if local:
             fs.move(target, _j(root, version))
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             fs.delete_dir(target)
-        except Exception:
-            pass
         raise
     if promote or current(registry) is None:
         _promote(registry, version, action="publish+promote" if promote else "first-publish")
@@ -300,7 +298,7 @@ def _promote(registry: str, version: str, action: str) -> None:
     fs, root = _root(registry)
     prev = current(registry)
     _write_atomic(fs, _j(root, CURRENT_FILE), (version + "\n").encode())
-    _log(registry, {"ts": datetime.now(timezone.utc).isoformat(), "action": action, "version": version,
+    _log(registry, {"ts": datetime.now(UTC).isoformat(), "action": action, "version": version,
                     "previous": prev})
 
 
@@ -326,7 +324,7 @@ def rollback(registry: str) -> str:
     verify(registry, target)
     fs, root = _root(registry)
     _write_atomic(fs, _j(root, CURRENT_FILE), (target + "\n").encode())
-    _log(registry, {"ts": datetime.now(timezone.utc).isoformat(), "action": "rollback", "version": target,
+    _log(registry, {"ts": datetime.now(UTC).isoformat(), "action": "rollback", "version": target,
                     "previous": live})
     return target
 

@@ -17,9 +17,9 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
-from pi2i.contracts import exists, join, read_json, read_parquet, resolve  # noqa: E402
+from pi2i.contracts import exists, join, read_json, read_parquet, resolve
 
 COLORS = {"popularity": "#9e9e9e", "swing": "#1f77b4", "swing_relaxed": "#17becf", "swing_pool": "#555555",
           "pi2i": "#d62728"}
@@ -278,11 +278,11 @@ def render(metrics: dict) -> tuple[str, str]:
     title = "PI2I evaluation report"
     verdict = ("PASS — may roll out" if passed else "FAIL — do not roll out")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{CSS}</style></head><body>",
-             f"<h1>{title}</h1><div class='meta'>created {html.escape(str(metrics.get('created_at')))} · "
-             f"{data.get('test_users', '?')} test users · K ladder {ks} · evaluation took "
-             f"{metrics.get('seconds', '?')} s</div>",
-             f"<div class='verdict {'pass' if passed else 'fail'}'><b>Gate: {verdict}</b><br>"
-             f"{html.escape(str(g.get('reason', '')))}</div>",
+             (f"<h1>{title}</h1><div class='meta'>created {html.escape(str(metrics.get('created_at')))} · "
+              f"{data.get('test_users', '?')} test users · K ladder {ks} · evaluation took "
+              f"{metrics.get('seconds', '?')} s</div>"),
+             (f"<div class='verdict {'pass' if passed else 'fail'}'><b>Gate: {verdict}</b><br>"
+              f"{html.escape(str(g.get('reason', '')))}</div>"),
              _html_table(["gate", "value"], gate_rows),
              "<h2>Hit rate at K</h2>"]
     if hr_png:
@@ -291,9 +291,9 @@ def render(metrics: dict) -> tuple[str, str]:
                  "|items clicked after the cut| (paper Eq. 5). Every method sees the same users, the same "
                  "history and the same seen-item exclusion. <i>swing_pool</i> is not a ranking: it is the share "
                  "of test clicks the whole candidate pool (union of the triggers' full Swing rows) contains — "
-                 "the ceiling of any re-ranking of the pool, PI2I included (PI2I can exceed it only through its "
-                 "popularity fallback for users with an empty pool). K values larger than the train catalog "
-                 "are dropped.</p>")
+                 "the ceiling of any re-ranking of the pool, PI2I included (no list is padded with popular items). "
+                 "K values larger than the train catalog are dropped. The live-version comparison uses the HR "
+                 "the live version recorded on its own test period, not a re-evaluation on these users.</p>")
     for metric, head, rows in tables:
         parts.append(f"<h2>{html.escape(METRIC_TITLES.get(metric, metric))}</h2>" + _html_table(head, rows))
     parts.append("<h2>Methods</h2>" + _html_table(desc_head, desc_rows))

@@ -155,17 +155,28 @@ def rollout_kubernetes(
 ) -> dict:
     """Patch the serving Deployment to ``version`` and wait; on failure restore the previous version and raise.
 
-    When ``registry`` is given its ``CURRENT`` follows the Deployment (promoted on success, left unchanged on
-    failure)."""
+    With ``registry`` its ``CURRENT`` moves first (serving pods load CURRENT at start and follow it), the
+    patch then rolls every pod through startup/readiness probes on the new version; on failure CURRENT and
+    the Deployment both go back to the previous version."""
     api = _apps_api(apps_api)
     read = lambda: api.read_namespaced_deployment(deployment, namespace)
     previous = deployed_version(read(), container)
+    reg_previous = None
+    if registry is not None:
+        from pi2i import registry as reg
+
+        reg_previous = reg.current(registry)
+        if reg_previous != version:
+            reg.promote(registry, version)
     api.patch_namespaced_deployment(deployment, namespace, version_patch(version, container))
     try:
         st = wait_for_rollout(read, timeout_s, poll_s, sleep, clock, log)
     except RolloutError as e:
         msg = f"rollout of {version} failed: {e}"
-        if previous:
+        if registry is not None and reg_previous and reg_previous != version:
+            reg.promote(registry, reg_previous)
+            msg += f"; registry CURRENT back to {reg_previous}"
+        if previous and previous != version:
             api.patch_namespaced_deployment(deployment, namespace, version_patch(previous, container))
             try:
                 wait_for_rollout(read, timeout_s, poll_s, sleep, clock, log)
@@ -175,10 +186,6 @@ def rollout_kubernetes(
         else:
             msg += "; no previous version to roll back to"
         raise RolloutError(msg) from None
-    if registry is not None:
-        from pi2i import registry as reg
-
-        reg.promote(registry, version)
     return {"target": "kubernetes", "version": version, "previous": previous, "status": st.message}
 
 

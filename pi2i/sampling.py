@@ -15,7 +15,8 @@ candidates) triple. A sample therefore stores only ids; features never drift bet
 Samples directory layout (all written by :func:`build_samples`)::
 
     clicks/{user_ids,user_ptr,items,ts}.npy   per-user click sequences (CSR, oldest first, ts in µs)
-    samples/{user,pos,cands}.npy              user row, target position in clicks, [N, 1+hard+easy] (0 = positive)
+    samples/{user,pos,cands}.npy              user row, target position in clicks, [N, 1+hard+easy] item ids
+                                              (slot 0 = positive, -1 = pad; int32 when ids fit)
     i2i.parquet                               the i2i table the samples were drawn from (features need it)
     items.parquet  popularity.parquet  histories.parquet  stats.json  meta.json
 """
@@ -32,11 +33,29 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pi2i.candidates import (Features, ItemInfo, RowLookup, _last_distinct, build_groups, dedup_consecutive,
-                             featurize)
+from pi2i.candidates import (
+    Features,
+    ItemInfo,
+    RowLookup,
+    _last_distinct,
+    build_groups,
+    dedup_consecutive,
+    featurize,
+)
 from pi2i.config import Config
-from pi2i.contracts import (ITEM_SIDE_INFO, ITEMS_FILE, TS_TYPE, exists, join, makedirs, read_events,
-                            read_json, read_parquet, write_json, write_parquet)
+from pi2i.contracts import (
+    ITEM_SIDE_INFO,
+    ITEMS_FILE,
+    TS_TYPE,
+    exists,
+    join,
+    makedirs,
+    read_events,
+    read_json,
+    read_parquet,
+    write_json,
+    write_parquet,
+)
 from pi2i.i2i import I2IIndex
 
 SAMPLES_SUBDIR, CLICKS_SUBDIR = "samples", "clicks"
@@ -164,7 +183,7 @@ class Clicks:
     ts: np.ndarray  # int64 µs
 
     @classmethod
-    def from_events(cls, events: pa.Table, behaviors: list[str], dedup: bool) -> "Clicks":
+    def from_events(cls, events: pa.Table, behaviors: list[str], dedup: bool) -> Clicks:
         ev = events.filter(pc.is_in(events.column("behavior"), pa.array(behaviors)))
         u = ev.column("user_id").to_numpy()
         it = ev.column("item_id").to_numpy()
@@ -186,7 +205,7 @@ class Clicks:
             np.save(os.path.join(d, f + ".npy"), getattr(self, f))
 
     @classmethod
-    def load(cls, d: str) -> "Clicks":
+    def load(cls, d: str) -> Clicks:
         return cls(*(np.load(os.path.join(d, f + ".npy"), mmap_mode="r")
                      for f in ("user_ids", "user_ptr", "items", "ts")))
 
@@ -269,7 +288,10 @@ def build_samples(events_uri: str, i2i_uri: str, out_dir: str, cfg: Config, item
     os.makedirs(sdir, exist_ok=True)
     np.save(os.path.join(sdir, "user.npy"), user_of[kept])
     np.save(os.path.join(sdir, "pos.npy"), pos_t[kept].astype(np.int64))
-    np.save(os.path.join(sdir, "cands.npy"), cands[kept])
+    out_c = cands[kept]
+    if out_c.size and out_c.max() < np.iinfo(np.int32).max:  # halves the largest file when ids fit
+        out_c = out_c.astype(np.int32)
+    np.save(os.path.join(sdir, "cands.npy"), out_c)
     clicks.save(join(out_dir, CLICKS_SUBDIR))
     write_parquet(index.to_table(), join(out_dir, I2I_FILE))
     write_parquet(items_table(items_uri, events_uri, clicks), join(out_dir, ITEMS_FILE))
@@ -279,7 +301,7 @@ def build_samples(events_uri: str, i2i_uri: str, out_dir: str, cfg: Config, item
     nk = int(keep.sum())
     stats = {
         "events": events.num_rows, "users": len(clicks.user_ids), "clicks": len(clicks.items),
-        "positions": int(P), "samples": int(len(kept)), "samples_kept_before_cap": nk,
+        "positions": int(P), "samples": len(kept), "samples_kept_before_cap": nk,
         "dropped": int(P - nk), "drop_rate": float((P - nk) / P) if P else 0.0,
         "candidates_per_sample": C,
         "mean_positive_triggers": float(npos[keep].mean()) if nk else 0.0,

@@ -11,6 +11,8 @@ candidate enters the pool at its best rank over the user's triggers, so ``pool_T
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -102,11 +104,14 @@ def _pool_kernel(trig_indptr, trig_rows, row_indptr, row_targets, row_ranks, tes
 
 
 def sweep(train_events: pa.Table, test_events: pa.Table, i2i_table: pa.Table,
-          t_ladder=DEFAULT_LADDER, num_triggers: int = 20, behaviors=BEHAVIORS) -> tuple[pa.Table, dict]:
+          t_ladder=DEFAULT_LADDER, num_triggers: int = 20, behaviors=BEHAVIORS,
+          exclude_history: bool = False) -> pa.Table:
     """HR of the I2I candidate pool and its size for each ``T`` of the ladder (capped by the longest row).
 
     Users: those with clicks in the test period and at least one training click (the others have no
-    triggers; they are counted in the summary as ``cold_users``). Returns (table of SWEEP_SCHEMA, summary).
+    triggers; they are counted in the summary as ``cold_users``). ``exclude_history`` drops, per user, test
+    items already in the training history from ``clicked_after`` (users left with none are skipped).
+    Returns a table of SWEEP_SCHEMA; :func:`sweep_summary` reads the summary stored in its metadata.
     """
     if num_triggers < 1:
         raise ValueError(f"sweep: num_triggers must be >= 1 (got {num_triggers})")
@@ -131,6 +136,13 @@ def sweep(train_events: pa.Table, test_events: pa.Table, i2i_table: pa.Table,
     users = test_users[warm]
     m = np.isin(pu, users)
     pu, pi = pu[m], pi[m]
+    if exclude_history:
+        seen = np.unique(np.stack([tu, ti], 1), axis=0)
+        pk = np.stack([pu, pi], 1)
+        view = lambda a: np.ascontiguousarray(a).view([("u", np.int64), ("i", np.int64)]).ravel()
+        m = ~np.isin(view(pk), view(seen))
+        pu, pi = pu[m], pi[m]
+        users = np.unique(pu)
     # dense ids over every target and test item
     vocab = np.unique(np.concatenate([idx.targets, pi]))
     row_targets = np.searchsorted(vocab, idx.targets).astype(np.int32)
@@ -140,7 +152,8 @@ def sweep(train_events: pa.Table, test_events: pa.Table, i2i_table: pa.Table,
     # triggers of the evaluated users -> row ids
     hpos = np.searchsorted(hu, users)
     lens = hptr[hpos + 1] - hptr[hpos]
-    take = np.concatenate([np.arange(hptr[p], hptr[p + 1]) for p in hpos]) if len(hpos) else np.zeros(0, int)
+    first = np.concatenate(([0], np.cumsum(lens)[:-1])) if len(lens) else np.zeros(0, np.int64)
+    take = np.repeat(hptr[hpos] - first, lens) + np.arange(int(lens.sum()))  # rows of hitems, user by user
     trig_rows = idx.row_ids(hitems[take]).astype(np.int64)
     trig_indptr = np.concatenate(([0], np.cumsum(lens))).astype(np.int64)
     n = len(users)
@@ -156,8 +169,14 @@ def sweep(train_events: pa.Table, test_events: pa.Table, i2i_table: pa.Table,
                "ladder_requested": ladder, "ladder": ladder_arr.tolist(), "max_row_length": max_len,
                "triggers_per_user_mean": float(lens.mean()) if n else 0.0,
                "triggers_with_row_fraction": float((trig_rows >= 0).mean()) if len(trig_rows) else 0.0,
-               "rows": table.to_pylist()}
-    return table, summary
+               "exclude_history": bool(exclude_history), "rows": table.to_pylist()}
+    return table.replace_schema_metadata({b"pi2i.sweep": json.dumps(summary).encode()})
+
+
+def sweep_summary(table: pa.Table) -> dict:
+    """The summary :func:`sweep` stored in the table's metadata (users, cold users, ladder, rows ...)."""
+    meta = table.schema.metadata or {}
+    return json.loads(meta[b"pi2i.sweep"]) if b"pi2i.sweep" in meta else {"rows": table.to_pylist()}
 
 
 def plot_sweep(table: pa.Table, path: str, title: str = "Swing truncation study") -> None:
@@ -184,7 +203,8 @@ def plot_sweep(table: pa.Table, path: str, title: str = "Swing truncation study"
 
 
 def run_sweep(train_dir: str, test_dir: str, out_dir: str, i2i_uri: str | None = None, cfg=None,
-              t_ladder=DEFAULT_LADDER, num_triggers: int | None = None, workers: int = 1) -> dict:
+              t_ladder=DEFAULT_LADDER, num_triggers: int | None = None, workers: int = 1,
+              exclude_history: bool = False) -> dict:
     """CLI body: read the split, build (or read) the i2i table, write sweep.parquet/.csv/.png/.json."""
     import pyarrow.csv as pacsv
 
@@ -203,7 +223,8 @@ def run_sweep(train_dir: str, test_dir: str, out_dir: str, i2i_uri: str | None =
         scfg = cfg.swing.model_copy(update={"top_t": max(int(t) for t in t_ladder)})
         i2i, built = build_swing(train, scfg, workers=workers)
     L = int(num_triggers or cfg.sampling.num_triggers)
-    table, summary = sweep(train, test, i2i, t_ladder, L, behaviors=cfg.swing.behaviors)
+    table = sweep(train, test, i2i, t_ladder, L, behaviors=cfg.swing.behaviors, exclude_history=exclude_history)
+    summary = sweep_summary(table)
     makedirs(out_dir)
     write_parquet(table, join(out_dir, "sweep.parquet"))
     if "://" not in out_dir:

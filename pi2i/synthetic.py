@@ -37,14 +37,16 @@ Outputs (data layout of ``docs/interfaces.md``): ``events.parquet`` sorted by (u
 (item_id, category_id, brand_id, seller_id, price), ``users.parquet`` (user_id, segment: a *noisy* observed
 price segment — 60 % equal to the hidden tier — and age_bucket, pure noise), an empty ``quarantine.parquet`` and
 ``summary.json``. Users are generated in chunks and streamed through a ``ParquetWriter``; memory is bounded by
-the chunk size (about ``chunk_events`` events), whatever the total.
+the chunk size (about ``chunk_events`` events), whatever the total. Determinism: the files are a function of
+every :class:`SynthParams` field and the seed (``chunk_events`` included: each chunk has its own RNG stream)
+and of the pyarrow version that writes the parquet.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -64,10 +66,7 @@ from pi2i.contracts import (
     write_json,
     write_parquet,
 )
-
-QUARANTINE_SCHEMA = pa.schema([
-    pa.field("line", pa.int64()), pa.field("raw", pa.string()), pa.field("reason", pa.string()),
-])
+from pi2i.loaders import QUARANTINE_SCHEMA
 
 _MAX_INTERESTS = 5  # slots 0..4 are the initial interests, slot 5 the one that drifts in
 _US = 1_000_000
@@ -98,7 +97,7 @@ class SynthParams:
     brand_beta: float = 2.5
     price_beta: float = 1.5
     candidates: int = 8
-    chunk_events: int = 1_000_000
+    chunk_events: int = 500_000
 
     def validate(self) -> None:
         if self.users < 1 or self.items < 1 or self.events < 1:
@@ -124,11 +123,11 @@ class SynthParams:
 #: shape of DESIGN.md (50k users, 20k items, ~1M distinct user-item pairs, Zipf(0.6), lognormal activity).
 #: ``bench-10m``: the generator's own throughput benchmark.
 PRESETS: dict[str, dict] = {
-    "tiny": dict(users=200, items=300, events=4_000, items_per_cluster=15, items_per_category=60),
-    "demo": dict(users=2_500, items=2_500, events=125_000),
-    "swing-bench": dict(users=50_000, items=20_000, events=1_280_000, zipf=0.6, activity_sigma=1.0,
-                        session_mean=4.0, p_noise=0.15, items_per_cluster=40, items_per_category=200),
-    "bench-10m": dict(users=500_000, items=200_000, events=10_000_000),
+    "tiny": {"users": 200, "items": 300, "events": 4_000, "items_per_cluster": 15, "items_per_category": 60},
+    "demo": {"users": 2_500, "items": 2_500, "events": 125_000},
+    "swing-bench": {"users": 50_000, "items": 20_000, "events": 1_300_000, "zipf": 0.6, "activity_sigma": 1.0,
+                    "session_mean": 4.0, "p_noise": 0.15, "items_per_cluster": 40, "items_per_category": 200},
+    "bench-10m": {"users": 500_000, "items": 200_000, "events": 10_000_000},
 }
 
 
@@ -162,7 +161,7 @@ class World:
     item_code: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # brand << 2 | tier
 
     def __post_init__(self) -> None:
-        self.item_code = (self.item_brand.astype(np.int64) << 2) | self.item_tier
+        self.item_code = ((self.item_brand.astype(np.int64) << 2) | self.item_tier).astype(np.int32)
 
 
 def _split_sizes(rng: np.random.Generator, total: int, parts: int) -> np.ndarray:
@@ -380,10 +379,10 @@ def _chunk_events(w: World, u0: int, u1: int, chunk: int, t0_us: int) -> tuple[p
 def _parse_ts_us(s: str) -> int:
     import datetime as dt
 
-    d = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    d = dt.datetime.fromisoformat(s)
     if d.tzinfo is None:
-        d = d.replace(tzinfo=dt.timezone.utc)
-    return int(round(d.timestamp() * _US))
+        d = d.replace(tzinfo=dt.UTC)
+    return round(d.timestamp() * _US)
 
 
 def items_table(w: World) -> pa.Table:
@@ -456,7 +455,7 @@ def generate(out_dir: str, users: int, items: int, events: int, seed: int = 0,
     import datetime as dt
 
     def iso(us: int) -> str:
-        return dt.datetime.fromtimestamp(us / _US, dt.timezone.utc).isoformat().replace("+00:00", "Z")
+        return dt.datetime.fromtimestamp(us / _US, dt.UTC).isoformat().replace("+00:00", "Z")
 
     summary = {
         "source": "synthetic", "preset": preset,
@@ -486,5 +485,14 @@ def generate_preset(name: str, out_dir: str, seed: int = 0,
                     progress=progress, preset=name, **p)
 
 
-__all__ = ["SynthParams", "PRESETS", "World", "build_world", "generate", "generate_preset", "preset_params",
-           "items_table", "users_table", "QUARANTINE_SCHEMA"]
+__all__ = [
+    "PRESETS",
+    "SynthParams",
+    "World",
+    "build_world",
+    "generate",
+    "generate_preset",
+    "items_table",
+    "preset_params",
+    "users_table",
+]

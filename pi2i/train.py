@@ -33,6 +33,7 @@ from pi2i.sampling import HISTORIES_FILE, POPULARITY_FILE, SampleSet
 
 CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, METRICS_FILE = (
     "config.json", "model.safetensors", "vocab.parquet", "train_metrics.json")
+HISTORY_FILE = "history.json"
 VAL_MAX_SAMPLES = 5000
 NORM_FIT_SAMPLES = 2048
 
@@ -84,6 +85,8 @@ def _train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(tc.seed)
+    if tc.torch_threads:
+        torch.set_num_threads(tc.torch_threads)
     ss = SampleSet(config["samples_dir"])
     vocab = Vocab.from_table(read_parquet(config["vocab_path"]), ss.info)
     train_idx, val_idx = split_samples(ss, tc.val_fraction, tc.seed)
@@ -145,7 +148,6 @@ def _train_loop(config: dict) -> None:
             bad += 1
         m["best_val_loss"] = best
         history.append(m)
-        m_report = dict(m, history=json.dumps(history))
         if rank == 0:
             if config.get("progress"):
                 print(f"[train] epoch {epoch + 1}: train_loss {m['train_loss']:.4f} val_loss {m['val_loss']:.4f} "
@@ -153,9 +155,11 @@ def _train_loop(config: dict) -> None:
             d = os.path.join(ckpt_root, f"epoch-{epoch + 1:03d}")
             os.makedirs(d, exist_ok=True)
             save_file(best_state, os.path.join(d, WEIGHTS_FILE))  # the best weights so far
-            ray.train.report(m_report, checkpoint=ray.train.Checkpoint.from_directory(d))
+            with open(os.path.join(d, HISTORY_FILE), "w") as f:
+                json.dump(history, f)
+            ray.train.report(m, checkpoint=ray.train.Checkpoint.from_directory(d))
         else:
-            ray.train.report(m_report)
+            ray.train.report(m)
         if tc.patience and bad >= tc.patience:
             break
 
@@ -210,7 +214,7 @@ def train(samples_dir: str, out_dir: str, cfg: Config, progress: bool = True) ->
         raise RuntimeError("training reported no checkpoint")
     with result.checkpoint.as_directory() as d:
         shutil.copyfile(os.path.join(d, WEIGHTS_FILE), os.path.join(out_dir, WEIGHTS_FILE))
-    history = json.loads(result.metrics["history"])
+        history = json.loads(Path(d, HISTORY_FILE).read_text())
     best = min(history, key=lambda m: m["val_loss"])
     model_meta = {
         "format": "pi2i-prs/1", "config": cfg.model_dump(), "vocab_sizes": vocab.sizes,
@@ -222,7 +226,7 @@ def train(samples_dir: str, out_dir: str, cfg: Config, progress: bool = True) ->
         json.dump(model_meta, f, indent=2, sort_keys=True)
     metrics = {
         "epochs_run": len(history), "best_epoch": best["epoch"], "best": best, "history": history,
-        "train_samples": int(len(train_idx)), "val_samples": int(min(len(val_idx), VAL_MAX_SAMPLES)),
+        "train_samples": len(train_idx), "val_samples": int(min(len(val_idx), VAL_MAX_SAMPLES)),
         "vocab_sizes": vocab.sizes, "num_workers": tc.num_workers, "use_gpu": tc.use_gpu,
         "seconds": round(time.perf_counter() - t0, 3), "ray_storage": os.path.join(storage, name),
         "stopped_early": len(history) < tc.epochs,

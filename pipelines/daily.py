@@ -70,14 +70,17 @@ def pi2i_daily(
                    staging_uri=staging_uri, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         sw.set_memory_limit("16G").set_cpu_limit("4")
         smp = samples(train=spl.outputs["train"], i2i=sw.outputs["i2i"], config=config)
-        tr = train(samples=smp.outputs["samples"], config=config, gpus=train_gpus, compute=compute,
-                   namespace=namespace, staging_uri=staging_uri, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        tr = train(samples=smp.outputs["samples"], config=config, gpus=train_gpus, accelerator=train_accelerator,
+                   compute=compute, namespace=namespace, staging_uri=staging_uri,
+                   run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         tr.set_memory_limit("16G").set_cpu_limit("4")
+        # the channels are also inputs of the task: KFP only forwards a parameter into the exit-handler DAG
+        # when some task consumes it as an input (a resource placeholder alone is not enough)
         tr.set_accelerator_type(train_accelerator).set_accelerator_limit(train_gpus)
         ev = evaluate(train=spl.outputs["train"], test=spl.outputs["test"], i2i=sw.outputs["i2i"],
                       model=tr.outputs["model"], config=config, registry_uri=registry_uri)
         ev.set_caching_options(False)  # compares against whatever is live now
-        with dsl.If(ev.outputs["passed"] == True, name="gate-passed"):
+        with dsl.If(ev.outputs["Output"] == True, name="gate-passed"):  # the gate verdict (a KFP condition)
             pub = publish(i2i=sw.outputs["i2i"], model=tr.outputs["model"], report=ev.outputs["report"],
                           registry_uri=registry_uri)
             pub.set_caching_options(False)

@@ -5,7 +5,9 @@ project's environment plays the role of the project image), artifacts land under
 """
 
 import datetime as dt
+import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,10 @@ CONFIG_PRESETS: dict[str, dict] = {
     "tiny": {"swing": {"top_t": 200}, "sampling": {"hard_negatives": 10, "easy_negatives": 20},
              "train": {"epochs": 2, "batch_size": 128, "patience": 0},
              "eval": {"ks": [20, 50, 100, 200], "gate_k": 50}},
-    "demo": {"swing": {"top_t": 500}, "train": {"epochs": 3},
-             "eval": {"ks": [20, 50, 100, 200, 500], "gate_k": 100}},
+    # sized for `make demo` on 2 shared cores (minutes, not hours): fewer negatives and capped epochs
+    "demo": {"swing": {"top_t": 500}, "sampling": {"hard_negatives": 10, "easy_negatives": 40},
+             "train": {"epochs": 1, "max_batches_per_epoch": 100, "patience": 0},
+             "eval": {"ks": [20, 50, 100, 200, 500], "gate_k": 100, "max_users": 1000}},
 }
 
 
@@ -49,9 +53,19 @@ def run_local(data_uri: str, registry_uri: str, work_dir: str, run_date: str | N
     # Ray inside component subprocesses: no dashboard, no usage ping, quiet.
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_DISABLE_DOCKER_CPU_WARNING", "1")
-    pi2i_daily(run_date=run_date, data_uri=data_uri, registry_uri=registry_uri, config=config or {},
-               feature_repo=default_feature_repo() if feature_repo is None else feature_repo,
-               service_url=service_url)
+    before_runs = set(root.glob("pi2i-daily-*"))
+    with warnings.catch_warnings():  # "custom image in a Python environment": intended, the venv IS the image
+        warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+        # cpu/memory/accelerator requests are for the cluster; locally the machine is what it is
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+        pi2i_daily(run_date=run_date, data_uri=data_uri, registry_uri=registry_uri, config=config or {},
+                   feature_repo=default_feature_repo() if feature_repo is None else feature_repo,
+                   service_url=service_url)
     after = registry.current(registry_uri)
+    runs = sorted(set(root.glob("pi2i-daily-*")) - before_runs)
+    run_dir = runs[-1] if runs else None
+    gate = None
+    if run_dir is not None and (run_dir / "evaluate" / "report" / "metrics.json").exists():
+        gate = json.loads((run_dir / "evaluate" / "report" / "metrics.json").read_text()).get("gate")
     return {"run_date": run_date, "live_before": before, "live": after, "new_version": after != before,
-            "pipeline_root": str(root), "registry": registry_uri}
+            "gate": gate, "run_dir": str(run_dir) if run_dir else None, "registry": registry_uri}

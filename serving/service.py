@@ -37,6 +37,10 @@ def _serving_config() -> ServingConfig:
 
 
 CFG = _serving_config()
+# In-process cache and histories are per process: several workers need shared state (Redis + Feast).
+WORKERS = CFG.workers if CFG.redis_url and os.environ.get("PI2I_FEATURE_REPO") else 1
+if WORKERS != CFG.workers:
+    log.warning("serving.workers=%d needs redis_url and --feature-repo; running 1 worker", CFG.workers)
 
 Id = Annotated[int, Field(strict=True, ge=0, le=INT64_MAX, description="int64 id")]
 K = Annotated[int, Field(strict=True, ge=1, le=1_000_000, description=f"1..serving.max_k ({CFG.max_k})")]
@@ -123,8 +127,10 @@ _extra = Starlette(routes=[Route("/version", _version, methods=["GET"])])
 @bentoml.service(
     name="pi2i",
     traffic={"timeout": 30, "max_concurrency": 256},
-    workers=1,
+    workers=WORKERS,
     logging={"access": {"enabled": False}},
+    # the hot endpoints skip per-request OpenTelemetry spans (~0.5 ms each here); counters stay in /metrics
+    tracing={"excluded_urls": ["/recommend", "/events", "/similar"]},
 )
 class PI2IService:
     """Loads the live registry version at startup; hot-swaps on /admin/reload or when CURRENT changes."""

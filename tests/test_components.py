@@ -1,8 +1,6 @@
 """Components: every step on the pinned project image, bodies exercised through ``.python_func`` on real
 artifacts and real core functions, and through ``kfp.local``'s SubprocessRunner (the executor path)."""
 
-from __future__ import annotations
-
 import importlib
 import json
 import os
@@ -88,6 +86,35 @@ def test_ray_steps_reject_unknown_compute(tmp_path, tiny_data):
                                        i2i=art(dsl.Dataset, tmp_path / "i2i"))
 
 
+def test_rayjob_mode_builds_the_job_and_copies_its_output(tmp_path):
+    """compute='rayjob': the step's CLI entrypoint becomes a RayJob writing to the staging URI, then the output
+    is copied into the KFP artifact dir. The cluster is stood in for by a runner that writes what the job
+    would (no Kubernetes API server here); the staging 'object store' is a local directory."""
+    import yaml
+
+    from components._common import run_ray_step
+
+    staging = tmp_path / "staging" / "run-1" / "swing"
+    seen = {}
+
+    def fake_cluster(manifest):
+        seen["manifest"] = manifest
+        (staging / "i2i_table.parquet").write_bytes(b"PAR1")
+        return {"jobStatus": "SUCCEEDED", "jobDeploymentStatus": "Complete"}
+
+    out = run_ray_step("swing", "rayjob", lambda: pytest.fail("must not run locally"),
+                       ["pi2i", "swing", "--out", str(staging / "i2i_table.parquet"), "--config", "{config}"],
+                       str(staging), str(tmp_path / "artifact"), "pi2i", "run-1",
+                       config={"swing": {"top_t": 7}}, runner=fake_cluster)
+    assert out["jobStatus"] == "SUCCEEDED"
+    m = seen["manifest"]
+    assert m["kind"] == "RayJob" and m["metadata"]["name"] == "pi2i-swing-run-1"
+    assert m["metadata"]["labels"]["pi2i.io/step"] == "swing"
+    assert m["spec"]["entrypoint"].endswith(f"--config {staging / 'config.yaml'}")
+    assert yaml.safe_load((staging / "config.yaml").read_text()) == {"swing": {"top_t": 7}}
+    assert (tmp_path / "artifact" / "i2i_table.parquet").read_bytes() == b"PAR1"
+
+
 def test_flat_metrics_for_log_metric():
     from components._common import flat_metrics
 
@@ -150,7 +177,15 @@ def test_components_through_kfp_local(tmp_path, tiny_data):
                workspace_root=str(tmp_path / "ws"))
     ing = component("ingest")(run_date="2026-11-23", data_uri=tiny_data, feature_repo="", feature_store_yaml="")
     assert os.path.exists(os.path.join(ing.outputs["data"].path, "events.parquet"))
-    sw = component("swing")(train=ing.outputs["data"], config={"swing": {"top_t": 30}}, compute="local",
-                            namespace="pi2i", staging_uri="", run_id="r1")
-    t = pq.read_table(os.path.join(sw.outputs["i2i"].path, "i2i_table.parquet"))
+
+    # artifact inputs only flow inside a pipeline under kfp.local
+    @dsl.pipeline
+    def ingest_then_swing(data_uri: str) -> dsl.Dataset:
+        i = component("ingest")(run_date="2026-11-23", data_uri=data_uri, feature_repo="", feature_store_yaml="")
+        return component("swing")(train=i.outputs["data"], config={"swing": {"top_t": 30}}, compute="local",
+                                  namespace="pi2i", staging_uri="", run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER
+                                  ).outputs["i2i"]
+
+    i2i = ingest_then_swing(data_uri=tiny_data).output
+    t = pq.read_table(os.path.join(i2i.path, "i2i_table.parquet"))
     assert t.num_rows > 0 and t.column("rank").to_numpy().max() <= 30

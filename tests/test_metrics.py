@@ -15,7 +15,7 @@ def brute(lists, tests, ks, cat=None):
     out = {"hr": {}, "recall": {}, "ndcg": {}, "category_coverage": {}, "catalog_category_coverage": {}}
     all_cats = set(cat.values()) if cat else set()
     for k in ks:
-        hr, hit_sum, size_sum, nd, cc, ccu, seen = [], 0, 0, [], [], 0, set()
+        hr, hit_sum, size_sum, nd, cc, seen = [], 0, 0, [], [], set()
         for lst, t in zip(lists, tests):
             top = []
             for x in lst:  # a repeated item counts once, at its first position

@@ -105,7 +105,7 @@ def test_verify_detects_changed_missing_and_extra_files(tmp_path: Path, art) -> 
 
 def test_publish_rejects_bad_inputs(tmp_path: Path, art) -> None:
     r = str(tmp_path / "registry")
-    i2i, model, metrics = art
+    i2i, model, _ = art
     with pytest.raises(reg.RegistryError, match="i2i table not found"):
         reg.publish(r, str(tmp_path / "nope.parquet"), model)
     with pytest.raises(reg.RegistryError, match="model dir not found"):

@@ -262,3 +262,20 @@ def test_local_rollout_unreachable_service_fails_and_restores(registry_two_versi
     with pytest.raises(RolloutError, match="rolled back"):
         rollout_local(reg, b, "http://127.0.0.1:9", timeout_s=1)
     assert registry.current(reg) == a
+
+
+def test_kubernetes_rollout_moves_registry_and_restores_it(registry_two_versions):
+    from pi2i import registry
+
+    reg, a, b = registry_two_versions
+    ok = FakeAppsApi(dep(version=a), {b: [dep(gen=3, observed=3, version=b)]})
+    clock = Clock()
+    rollout_kubernetes(b, registry=reg, apps_api=ok, poll_s=1, sleep=clock.sleep, clock=clock, log=None)
+    assert registry.current(reg) == b
+    registry.promote(reg, a)
+    bad = FakeAppsApi(dep(version=a), {b: [dep(gen=3, observed=3, updated=1, replicas=4, version=b,
+                                               progressing=rollout.TIMED_OUT_REASON)],
+                                       a: [dep(gen=4, observed=4, version=a)]})
+    with pytest.raises(RolloutError, match=f"registry CURRENT back to {a}.*rolled back to {a}"):
+        rollout_kubernetes(b, registry=reg, apps_api=bad, poll_s=1, sleep=clock.sleep, clock=clock, log=None)
+    assert registry.current(reg) == a

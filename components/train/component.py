@@ -7,11 +7,12 @@ from components.image import PINNED_IMAGE
 
 
 @dsl.component(base_image=PINNED_IMAGE, install_kfp_package=False)
-def train(samples: Input[Dataset], config: dict, gpus: int, compute: str, namespace: str, staging_uri: str,
-          run_id: str,
-          model: Output[Model], metrics: Output[Metrics]):
-    """``pi2i.train.train`` on ``samples`` into the self-contained model dir ``model``."""
+def train(samples: Input[Dataset], config: dict, gpus: int, accelerator: str, compute: str, namespace: str,
+          staging_uri: str, run_id: str, model: Output[Model], metrics: Output[Metrics]):
+    """``pi2i.train.train`` on ``samples`` into the self-contained model dir ``model``.
 
+    ``gpus``/``accelerator`` mirror the task's accelerator request (set by the pipeline) so the training loop
+    asks Ray Train for GPU workers exactly when the pod has them."""
     from components._common import flat_metrics, remote_uri, run_ray_step
     from pi2i.config import parse_config
     from pi2i.contracts import join
@@ -30,8 +31,8 @@ def train(samples: Input[Dataset], config: dict, gpus: int, compute: str, namesp
         "train", compute, local,
         ["pi2i", "prs", "train", "--samples", remote_uri(samples.uri), "--out", remote_out,
          "--config", "{config}"],
-        remote_out, model.path, namespace, run_id, config=config,
-        gpus_per_worker=gpus)
+        remote_out, model.path, namespace, run_id, config=config, gpus_per_worker=gpus)
     for k, v in flat_metrics(result if compute == "local" else {}).items():
         metrics.log_metric(k, v)
-    model.metadata.update({"framework": "pytorch", "use_gpu": cfg.train.use_gpu})
+    model.metadata.update({"framework": "pytorch", "use_gpu": cfg.train.use_gpu,
+                           "accelerator": accelerator if gpus > 0 else "cpu"})

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import typer
 
 
@@ -40,19 +38,19 @@ def register(app: typer.Typer) -> None:
         train: str = typer.Option(..., "--train", help="train split dir (S/train from `pi2i data split`)"),
         test: str = typer.Option(..., "--test", help="test split dir (S/test)"),
         i2i: str = typer.Option(..., "--i2i", help="i2i table parquet (the Swing index, full T)"),
-        model: Optional[str] = typer.Option(None, "--model", help="trained scorer model dir (PI2I)"),
+        model: str | None = typer.Option(None, "--model", help="trained scorer model dir (PI2I)"),
         out: str = typer.Option(..., "--out", help="output dir: metrics.json, report.html, report.md"),
-        live_metrics: Optional[str] = typer.Option(None, "--live-metrics",
+        live_metrics: str | None = typer.Option(None, "--live-metrics",
                                                    help="metrics.json of the live version (gate baseline)"),
-        registry: Optional[str] = typer.Option(None, "--registry",
+        registry: str | None = typer.Option(None, "--registry",
                                                help="version registry: read the CURRENT version's metrics.json"),
-        sweep: Optional[str] = typer.Option(None, "--sweep", help="Swing truncation sweep (.json/.parquet)"),
-        samples: Optional[str] = typer.Option(None, "--samples",
+        sweep: str | None = typer.Option(None, "--sweep", help="Swing truncation sweep (.json/.parquet)"),
+        samples: str | None = typer.Option(None, "--samples",
                                               help="samples dir or its stats.json (for the drop rate)"),
-        ablation: Optional[list[str]] = typer.Option(None, "--ablation",
+        ablation: list[str] | None = typer.Option(None, "--ablation",  # noqa: B008
                                                      help="NAME=MODEL_DIR, an ablated scorer (repeatable)"),
-        max_users: Optional[int] = typer.Option(None, "--max-users", help="seeded user sample; 0 = all"),
-        config: Optional[str] = typer.Option(None, "--config", help="YAML config (eval section and others)"),
+        max_users: int | None = typer.Option(None, "--max-users", help="seeded user sample; 0 = all"),
+        config: str | None = typer.Option(None, "--config", help="YAML config (eval section and others)"),
         fail_on_gate: bool = typer.Option(False, "--fail-on-gate", help="exit 1 when the gate fails"),
     ) -> None:
         """Evaluate popularity, classic Swing, Swing relaxed-T, the pool ceiling and PI2I on the same test

@@ -6,7 +6,7 @@ import contextlib
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -21,17 +21,22 @@ RepoOpt = Annotated[Path, typer.Option("--repo", help="Feast repository (templat
 def ingest_cmd(
     data: Annotated[str, typer.Option("--data", help="data dir: events.parquet, items.parquet[, users.parquet]")],
     repo: RepoOpt = Path("feature_repo"),
-    work_dir: Annotated[Optional[Path], typer.Option(
+    work_dir: Annotated[Path | None, typer.Option(
         "--work-dir", help="copy the repo here and keep all Feast state under it (default: the repo in place)")
     ] = None,
-    history_len: Annotated[Optional[int], typer.Option(
+    history_len: Annotated[int | None, typer.Option(
         "--history-len", min=1, help="L, items in user_recent_items (default: serving.history_len)")] = None,
-    behaviors: Annotated[Optional[str], typer.Option(
-        "--behaviors", help="comma list of behaviours in the recent-items window (default: all)")] = None,
-    store_yaml: Annotated[Optional[Path], typer.Option(
+    behaviors: Annotated[str | None, typer.Option(
+        "--behaviors", help="comma list of behaviours in the recent-items window "
+                            "(default: sampling.behaviors, all four unless configured)")] = None,
+    dedup: Annotated[bool | None, typer.Option(
+        "--dedup-consecutive/--no-dedup-consecutive",
+        help="collapse back-to-back repeats of one item in the window (default: sampling.dedup_consecutive)")
+    ] = None,
+    store_yaml: Annotated[Path | None, typer.Option(
         "--store-yaml", help="use this feature_store.yaml in the working repo (e.g. feature_store.redis.yaml; "
                              "needs --work-dir)")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="pi2i YAML config")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="pi2i YAML config")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Write the offline parquet of every feature view, `feast apply`, and materialize the online store."""
@@ -45,7 +50,7 @@ def ingest_cmd(
     if store_yaml is not None and work_dir is None:
         raise UserError("--store-yaml needs --work-dir (the template's feature_store.yaml is never overwritten)")
     console = Console(stderr=True)
-    beh = [b.strip() for b in behaviors.split(",") if b.strip()] if behaviors else None
+    beh = [b.strip() for b in behaviors.split(",") if b.strip()] if behaviors else list(cfg.sampling.behaviors)
     from pi2i.features import ingest
 
     with console.status("ingesting features") as status, contextlib.redirect_stdout(sys.stderr):
@@ -55,6 +60,7 @@ def ingest_cmd(
 
         summary = ingest(data, repo_path=repo, work_dir=work_dir,
                          history_len=history_len or cfg.serving.history_len, behaviors=beh,
+                         dedup_consecutive=cfg.sampling.dedup_consecutive if dedup is None else dedup,
                          store_yaml=store_yaml, progress=progress)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -74,8 +80,8 @@ def ingest_cmd(
 
 @features_app.command("show")
 def show_cmd(
-    user: Annotated[Optional[int], typer.Option("--user", help="user id")] = None,
-    item: Annotated[Optional[int], typer.Option("--item", help="item id")] = None,
+    user: Annotated[int | None, typer.Option("--user", help="user id")] = None,
+    item: Annotated[int | None, typer.Option("--item", help="item id")] = None,
     repo: RepoOpt = Path("feature_repo"),
 ) -> None:
     """Print the online features of a user (recent items, profile) or an item (profile, popularity)."""

@@ -91,7 +91,7 @@ def run_cmd(
 
     if not local:
         raise UserError("only --local runs here; use `pi2i pipeline submit --host URL` for a cluster")
-    cfg = _config(preset, config)
+    cfg, day = _config(preset, config), _date(run_date)
     if not _data_ready(data):
         if not preset:
             raise UserError(f"no events.parquet in {data} (generate data with `pi2i data generate`, or pass "
@@ -103,9 +103,13 @@ def run_cmd(
     from pipelines.run_local import run_local
 
     wd = work_dir or registry.resolve().parent / "pipeline-work"
-    result = run_local(str(data), str(registry), str(wd), run_date=_date(run_date), config=cfg,
+    result = run_local(str(data), str(registry), str(wd), run_date=day, config=cfg,
                        feature_repo="" if no_feast else None, service_url=service_url)
-    typer.echo(json.dumps(result, indent=2))
+    typer.echo(json.dumps(result, indent=2, default=str))
+    if not result["new_version"]:
+        gate = result.get("gate") or {}
+        typer.echo(f"gate did not pass ({gate.get('reason', 'see the evaluate step')}): live version unchanged "
+                   f"({result['live']})", err=True)
 
 
 @pipeline_app.command("submit")
@@ -166,8 +170,8 @@ def demo_cmd(
     result = run_local(str(data), str(registry), str(work), config=CONFIG_PRESETS.get(preset, {}))
     live = reg.current(str(registry.resolve()))
     if live is None:
-        raise UserError(f"the pipeline finished but no version is live in {registry} (gate failed? see "
-                        f"{result['pipeline_root']})")
+        raise UserError(f"the pipeline finished but no version is live in {registry} (gate: "
+                        f"{(result.get('gate') or {}).get('reason', '?')}; artifacts in {result['run_dir']})")
     typer.echo(f"live version: {live}", err=True)
     url = f"http://127.0.0.1:{port}"
     example = (f"curl -s -X POST {url}/recommend -H 'content-type: application/json' "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 import typer
 
@@ -11,7 +10,7 @@ HELP = ("Build the Swing I2I index from events: pi2i swing --events F --out F [-
         "[--max-items-per-user N] [--max-users-per-item N] [--workers W]. 0 = no cap.")
 
 
-def _swing_cfg(config: Optional[str], **flags):
+def _swing_cfg(config: str | None, **flags):
     from pi2i.config import load_config
 
     overrides = {k: v for k, v in flags.items() if v is not None}
@@ -24,18 +23,18 @@ def register(app: typer.Typer) -> None:
     @swing_app.callback(invoke_without_command=True)
     def swing(
         ctx: typer.Context,
-        events: Optional[str] = typer.Option(None, "--events", help="events parquet of the contract"),
-        out: Optional[str] = typer.Option(None, "--out", help="output i2i parquet (stats: <out>.stats.json)"),
-        top_t: Optional[int] = typer.Option(None, "--top-t", help="targets kept per trigger (default 1250)"),
-        alpha: Optional[float] = typer.Option(None, "--alpha", help="smoothing alpha (default 1.0)"),
-        max_items_per_user: Optional[int] = typer.Option(None, "--max-items-per-user",
+        events: str | None = typer.Option(None, "--events", help="events parquet of the contract"),
+        out: str | None = typer.Option(None, "--out", help="output i2i parquet (stats: <out>.stats.json)"),
+        top_t: int | None = typer.Option(None, "--top-t", help="targets kept per trigger (default 1250)"),
+        alpha: float | None = typer.Option(None, "--alpha", help="smoothing alpha (default 1.0)"),
+        max_items_per_user: int | None = typer.Option(None, "--max-items-per-user",
                                                          help="keep the N most recent items; 0 = no cap"),
-        max_users_per_item: Optional[int] = typer.Option(None, "--max-users-per-item",
+        max_users_per_item: int | None = typer.Option(None, "--max-users-per-item",
                                                          help="seeded sample of N users per item; 0 = no cap"),
-        behaviors: Optional[str] = typer.Option(None, "--behaviors", help="comma list, e.g. click,buy"),
-        seed: Optional[int] = typer.Option(None, "--seed", help="seed of the user sample"),
-        workers: Optional[int] = typer.Option(None, "--workers", help="Ray tasks; 1 = in-process, no Ray"),
-        config: Optional[str] = typer.Option(None, "--config", help="YAML config; flags override it"),
+        behaviors: str | None = typer.Option(None, "--behaviors", help="comma list, e.g. click,buy"),
+        seed: int | None = typer.Option(None, "--seed", help="seed of the user sample"),
+        workers: int | None = typer.Option(None, "--workers", help="Ray tasks; 1 = in-process, no Ray"),
+        config: str | None = typer.Option(None, "--config", help="YAML config; flags override it"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar"),
     ) -> None:
         """Build the Swing I2I index (exact; caps optional)."""
@@ -62,14 +61,16 @@ def register(app: typer.Typer) -> None:
         train: str = typer.Option(..., "--train", help="training data dir (events.parquet)"),
         test: str = typer.Option(..., "--test", help="test data dir (events.parquet)"),
         out: str = typer.Option(..., "--out", help="output dir: sweep.parquet/.csv/.png/.json"),
-        i2i: Optional[str] = typer.Option(None, "--i2i", help="i2i parquet; default: build Swing on --train "
+        i2i: str | None = typer.Option(None, "--i2i", help="i2i parquet; default: build Swing on --train "
                                                                "with T = the largest ladder value"),
         ladder: str = typer.Option(",".join(map(str, (10, 20, 50, 100, 200, 500, 1000, 1250, 2000))),
                                    "--ladder", help="comma list of T values"),
-        num_triggers: Optional[int] = typer.Option(None, "--num-triggers",
+        num_triggers: int | None = typer.Option(None, "--num-triggers",
                                                    help="L: last distinct history items used as triggers"),
         workers: int = typer.Option(1, "--workers", help="Ray tasks when building the index"),
-        config: Optional[str] = typer.Option(None, "--config", help="YAML config; flags override it"),
+        exclude_history: bool = typer.Option(False, "--exclude-history/--include-history",
+                                             help="drop test re-clicks of items already in the history"),
+        config: str | None = typer.Option(None, "--config", help="YAML config; flags override it"),
     ) -> None:
         """Truncation study: HR of the I2I candidate pool and its size for a ladder of T (paper Fig. 4)."""
         from pi2i.cli import UserError
@@ -84,7 +85,7 @@ def register(app: typer.Typer) -> None:
             raise UserError(f"--ladder values must be >= 1 (got {ladder!r})")
         cfg = load_config(config)
         summary = run_sweep(train, test, out, i2i_uri=i2i, cfg=cfg, t_ladder=t_ladder,
-                            num_triggers=num_triggers, workers=workers)
+                            num_triggers=num_triggers, workers=workers, exclude_history=exclude_history)
         for row in summary["rows"]:
             typer.echo(f"T={row['T']:>6}  HR={row['hr']:.4f}  mean pool={row['mean_pool_size']:.1f}")
 

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import sys
-from typing import Optional
 
 import typer
 
@@ -29,7 +28,7 @@ def register(app: typer.Typer) -> None:
         registry: str = _REG,
         i2i: str = typer.Option(..., "--i2i", help="i2i table parquet (trigger, target, score, rank)"),
         model: str = typer.Option(..., "--model", help="model dir written by `pi2i prs train`"),
-        metrics: Optional[str] = typer.Option(None, "--metrics", help="metrics.json of the evaluation/gate"),
+        metrics: str | None = typer.Option(None, "--metrics", help="metrics.json of the evaluation/gate"),
         promote: bool = typer.Option(False, "--promote", help="make it live (the first version always is)"),
     ) -> None:
         """Publish a new immutable version; prints its id."""
@@ -52,7 +51,7 @@ def register(app: typer.Typer) -> None:
 
     @versions.command("show")
     def show(registry: str = _REG,
-             version: Optional[str] = typer.Argument(None, help="version id (default: the live one)")) -> None:
+             version: str | None = typer.Argument(None, help="version id (default: the live one)")) -> None:
         """Manifest, metrics and gate verdict of a version."""
         from pi2i import registry as reg
 
@@ -75,7 +74,7 @@ def register(app: typer.Typer) -> None:
 
     @versions.command("verify")
     def verify(registry: str = _REG,
-               version: Optional[str] = typer.Argument(None, help="version id (default: the live one)")) -> None:
+               version: str | None = typer.Argument(None, help="version id (default: the live one)")) -> None:
         """Re-hash every file against MANIFEST.json; exit 2 naming each mismatch."""
         from pi2i import registry as reg
         from pi2i.cli import UserError
@@ -88,12 +87,12 @@ def register(app: typer.Typer) -> None:
     @app.command("serve")
     def serve(
         registry: str = typer.Option(..., "--registry", "-r", help="registry directory or URI"),
-        port: Optional[int] = typer.Option(None, "--port", "-p", help="TCP port (default serving.port, 3000)"),
-        host: Optional[str] = typer.Option(None, "--host", help="bind address (default 127.0.0.1)"),
-        redis_url: Optional[str] = typer.Option(None, "--redis-url", help="cache in Redis, e.g. redis://h:6379/0"),
-        feature_repo: Optional[str] = typer.Option(None, "--feature-repo",
+        port: int | None = typer.Option(None, "--port", "-p", help="TCP port (default serving.port, 3000)"),
+        host: str | None = typer.Option(None, "--host", help="bind address (default 127.0.0.1)"),
+        redis_url: str | None = typer.Option(None, "--redis-url", help="cache in Redis, e.g. redis://h:6379/0"),
+        feature_repo: str | None = typer.Option(None, "--feature-repo",
                                                    help="Feast repo: online histories from its online store"),
-        config: Optional[str] = typer.Option(None, "--config", help="YAML config (the serving section)"),
+        config: str | None = typer.Option(None, "--config", help="YAML config (the serving section)"),
     ) -> None:
         """Serve the registry's live version (BentoML) on host:port until stopped."""
         from pi2i import registry as reg

@@ -1,0 +1,80 @@
+"""``pi2i samples`` (trigger–target sampling) and ``pi2i train`` (the PRS scorer under Ray Train)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Top-level ``pi2i samples`` / ``pi2i train`` (the contract), also reachable as ``pi2i prs samples|train``."""
+    prs_app = typer.Typer(help="PRS: trigger-target samples and scorer training (same as top-level commands).",
+                          no_args_is_help=True)
+    app.add_typer(prs_app, name="prs")
+
+    def samples(
+        events: str = typer.Option(..., "--events", help="events parquet of the contract"),
+        i2i: str = typer.Option(..., "--i2i", help="i2i table parquet (trigger, target, score, rank)"),
+        out: str = typer.Option(..., "--out", help="output samples directory"),
+        items: str | None = typer.Option(None, "--items", help="items parquet (side info); default: "
+                                                                  "items.parquet beside the events, if any"),
+        num_triggers: int | None = typer.Option(None, "--num-triggers", help="L, distinct recent triggers"),
+        hard: int | None = typer.Option(None, "--hard", help="hard negatives per sample (default 20)"),
+        easy: int | None = typer.Option(None, "--easy", help="easy negatives per sample (default 80)"),
+        max_samples: int | None = typer.Option(None, "--max-samples", help="seeded cap; 0 = all"),
+        seed: int | None = typer.Option(None, "--seed", help="sampling seed"),
+        config: str | None = typer.Option(None, "--config", help="YAML config; flags override it"),
+    ) -> None:
+        """Trigger–target training samples (PI2I Alg. 1): positives, hard and easy negatives from the i2i rows."""
+        from pi2i.cli import UserError
+        from pi2i.config import load_config
+        from pi2i.contracts import exists
+        from pi2i.sampling import build_samples
+
+        for what, p in (("--events", events), ("--i2i", i2i)) + ((("--items", items),) if items else ()):
+            if not exists(p):
+                raise UserError(f"{what}: no such file: {p}")
+        ov = {k: v for k, v in {"num_triggers": num_triggers, "hard_negatives": hard, "easy_negatives": easy,
+                                    "max_samples": max_samples, "seed": seed}.items() if v is not None}
+        cfg = load_config(config, {"sampling": ov} if ov else None)
+        stats = build_samples(events, i2i, out, cfg, items_uri=items, progress=True)
+        keys = ("samples", "positions", "drop_rate", "samples_per_s_sampling", "seconds_total")
+        typer.echo(json.dumps({k: stats[k] for k in keys}))
+
+    for a in (app, prs_app):
+        a.command("samples")(samples)
+
+    def train_cmd(
+        samples: str = typer.Option(..., "--samples", help="samples directory from `pi2i samples`"),
+        out: str = typer.Option(..., "--out", help="output model directory"),
+        epochs: int | None = typer.Option(None, "--epochs", help="maximum epochs (early stopping may end sooner)"),
+        workers: int | None = typer.Option(None, "--workers", help="Ray Train workers; 0 = in-process"),
+        gpu: bool = typer.Option(False, "--gpu", help="use one GPU per Ray Train worker"),
+        batch_size: int | None = typer.Option(None, "--batch-size", help="samples per batch"),
+        max_batches: int | None = typer.Option(None, "--max-batches", help="cap batches per epoch; 0 = all"),
+        storage: str | None = typer.Option(None, "--storage", help="Ray Train storage path (checkpoints)"),
+        config: str | None = typer.Option(None, "--config", help="YAML config; flags override it"),
+    ) -> None:
+        """Train the target-attention scorer with Ray Train and write a self-contained model directory."""
+        from pi2i.cli import UserError
+        from pi2i.config import load_config
+        from pi2i.sampling import SAMPLES_SUBDIR
+        from pi2i.train import train
+
+        if not os.path.isdir(os.path.join(samples, SAMPLES_SUBDIR)):
+            raise UserError(f"--samples: {samples} is not a samples directory (run `pi2i samples` first)")
+        ov = {k: v for k, v in {"epochs": epochs, "num_workers": workers, "batch_size": batch_size,
+                                    "max_batches_per_epoch": max_batches, "storage_path": storage}.items()
+              if v is not None}
+        if gpu:
+            ov["use_gpu"] = True
+        cfg = load_config(config, {"train": ov} if ov else None)
+        m = train(samples, out, cfg)
+        typer.echo(json.dumps({"best_epoch": m["best_epoch"], "val_loss": m["best"]["val_loss"],
+                               "val_hr10": m["best"]["val_hr10"], "epochs_run": m["epochs_run"],
+                               "seconds": m["seconds"], "out": out}))
+
+    for a in (app, prs_app):
+        a.command("train")(train_cmd)

@@ -1,0 +1,135 @@
+"""Candidate scoring (PI2I §3.2.4): ONE function path shared by evaluation and serving.
+
+history → triggers (last L distinct clicks) → candidates = union of the triggers' i2i rows (minus ``exclude``)
+→ features (:func:`pi2i.candidates.featurize`, the training feature code) → batched model scores → top-K, each
+item with the triggers whose row retrieved it (the explanation).
+
+:meth:`Scorer.recommend_many` scores many users at once: users are sorted by pool size and packed into chunks of
+at most ``cells`` padded candidate slots, so one forward pass handles many small pools or one large pool.
+The scorer never pads a short result: callers fall back to :attr:`Scorer.popularity` (``source=fallback``),
+see :func:`pad_with_popularity`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pi2i.candidates import Groups, ItemInfo, RowLookup, candidate_union, featurize, serving_groups
+from pi2i.contracts import ITEMS_FILE, read_parquet
+from pi2i.i2i import I2IIndex
+from pi2i.model import Vocab, to_tensors
+from pi2i.sampling import POPULARITY_FILE
+
+
+@dataclass
+class Recommendation:
+    items: np.ndarray  # int64, best first
+    scores: np.ndarray  # float32
+    triggers: list[np.ndarray]  # per item: the trigger item ids whose i2i row retrieved it (the explanation)
+    num_candidates: int
+
+
+def _empty() -> Recommendation:
+    return Recommendation(np.empty(0, np.int64), np.empty(0, np.float32), [], 0)
+
+
+class Scorer:
+    """A trained PRS model bound to an i2i index. Thread-safe for concurrent ``recommend`` calls (no state is
+    mutated after load)."""
+
+    def __init__(self, model, cfg, meta: dict, vocab: Vocab, lookup: RowLookup, info: ItemInfo,
+                 popularity: np.ndarray, cells: int = 65536):
+        self.model, self.cfg, self.meta = model, cfg, meta
+        self.vocab, self.lookup, self.info = vocab, lookup, info
+        self.popularity = popularity
+        self.num_triggers = int(meta["num_triggers"])
+        self.seq_len = int(meta["seq_len"])
+        self.max_hits = int(meta["max_trigger_hits"])
+        self.dedup = bool(meta.get("dedup_consecutive", True))
+        self.cells = cells
+
+    @classmethod
+    def load(cls, model_dir: str, i2i: I2IIndex) -> Scorer:
+        from pi2i.train import VOCAB_FILE, load_model
+
+        model, cfg, meta = load_model(model_dir)
+        info = ItemInfo.from_table(read_parquet(os.path.join(model_dir, ITEMS_FILE)))
+        vocab = Vocab.from_table(read_parquet(os.path.join(model_dir, VOCAB_FILE)), info)
+        pop = read_parquet(os.path.join(model_dir, POPULARITY_FILE)).column("item_id").to_numpy().astype(np.int64)
+        return cls(model, cfg, meta, vocab, RowLookup.build(i2i), info, pop)
+
+    # ----------------------------------------------------------------------------------------- public API
+    def recommend(self, history_items: np.ndarray, history_ts: np.ndarray, k: int,
+                  exclude: np.ndarray | None = None) -> Recommendation:
+        """Top-``k`` for one user's history (oldest → newest, ts in µs); ``exclude`` items are never returned."""
+        ex = None if exclude is None else [np.asarray(exclude, np.int64)]
+        return self._score([(history_items, history_ts)], k, ex)[0]
+
+    def recommend_many(self, histories: list[tuple[np.ndarray, np.ndarray]], k: int,
+                       exclude_seen: bool = True) -> list[Recommendation]:
+        """Batched :meth:`recommend` for many users (evaluation); ``exclude_seen`` drops each user's history."""
+        ex = [np.asarray(h[0], np.int64) for h in histories] if exclude_seen else None
+        return self._score(histories, k, ex)
+
+    # ----------------------------------------------------------------------------------------- internals
+    def groups(self, histories: list[tuple[np.ndarray, np.ndarray]]) -> Groups:
+        """Serving groups: each history normalized as the sampler normalizes clicks, context = all of it."""
+        return serving_groups(histories, self.num_triggers, self.seq_len, self.dedup)
+
+    @torch.inference_mode()
+    def score_candidates(self, groups: Groups, cands: np.ndarray) -> np.ndarray:
+        """Model logits [G, C] of candidates [G, C] (-1 pad → -inf)."""
+        feat = featurize(groups, cands, self.lookup, self.info, self.max_hits)
+        return self.model(to_tensors(feat, self.vocab)).numpy()
+
+    def _score(self, histories, k: int, excludes: list[np.ndarray] | None) -> list[Recommendation]:
+        G = len(histories)
+        if G == 0:
+            return []
+        groups = self.groups(histories)
+        cands = candidate_union(self.lookup, groups.triggers, excludes)
+        n = (cands >= 0).sum(1)
+        out: list[Recommendation] = [_empty()] * G
+        order = np.argsort(-n, kind="stable")
+        order = order[n[order] > 0]
+        s = 0
+        while s < len(order):  # chunks of users with similar pool sizes, at most `cells` padded slots
+            width = int(n[order[s]])
+            e = s + max(1, self.cells // max(width, 1))
+            chunk = order[s:e]
+            s = e
+            g = Groups(*(getattr(groups, f)[chunk] for f in Groups.__dataclass_fields__))
+            c = cands[chunk, :width]
+            logits = self.score_candidates(g, c)
+            kk = min(k, width)
+            top = np.argpartition(-logits, kk - 1, axis=1)[:, :kk] if kk < width else np.tile(np.arange(width), (len(chunk), 1))
+            tl = np.take_along_axis(logits, top, 1)
+            o = np.argsort(-tl, axis=1, kind="stable")
+            top, tl = np.take_along_axis(top, o, 1), np.take_along_axis(tl, o, 1)
+            items = np.take_along_axis(c, top, 1)
+            # explanation: every trigger whose row holds the item (same kernel as the features, H = L)
+            slots = featurize(g, items, self.lookup, self.info, self.num_triggers).hit_slot
+            for j, u in enumerate(chunk):
+                m = int(min(kk, n[u]))
+                valid = np.isfinite(tl[j, :m])
+                m = int(valid.sum())
+                trig = g.triggers[j]
+                out[u] = Recommendation(items[j, :m].astype(np.int64), tl[j, :m].astype(np.float32),
+                                        [trig[sl[sl >= 0]] for sl in slots[j, :m]], int(n[u]))
+        return out
+
+
+def pad_with_popularity(rec: Recommendation, popularity: np.ndarray, k: int,
+                        exclude: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """Items of ``rec`` followed by popular items (not already present or excluded) up to ``k``; also returns how
+    many came from the scorer."""
+    head = rec.items[:k]
+    if len(head) >= k:
+        return head, len(head)
+    drop = np.concatenate([head, np.asarray(exclude if exclude is not None else [], np.int64)])
+    fill = popularity[~np.isin(popularity, drop)][: k - len(head)]
+    return np.concatenate([head, fill]).astype(np.int64), len(head)

@@ -1,0 +1,319 @@
+"""PRS: trigger–target sampling, the scorer model, Ray Train training and candidate scoring."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from pi2i.candidates import RowLookup, candidate_union, featurize, serving_groups
+from pi2i.config import Config
+from pi2i.contracts import read_parquet
+from pi2i.i2i import I2IIndex
+from pi2i.model import PAD, PRSModel, Vocab, positive_rank, softmax_loss, to_tensors
+from pi2i.sampling import SampleSet, build_samples
+from pi2i.scoring import Recommendation, Scorer
+from pi2i.swing import run_swing
+from pi2i.synthetic import generate, generate_preset
+
+
+def _cfg(**train) -> Config:
+    cfg = Config()
+    cfg.sampling.num_triggers = 10
+    cfg.sampling.seq_len = 20
+    cfg.sampling.hard_negatives = 10
+    cfg.sampling.easy_negatives = 30
+    cfg.model.embed_dim = 16
+    cfg.model.hidden = [32]
+    cfg.model.max_trigger_hits = 4
+    cfg.train.batch_size = 128
+    cfg.train.lr = 3e-3
+    for k, v in train.items():
+        setattr(cfg.train, k, v)
+    return cfg
+
+
+def _make(root, name: str, cfg: Config, **gen) -> tuple[str, str, str]:
+    data = str(root / name)
+    if gen:
+        generate(data, seed=0, **gen)
+    else:
+        generate_preset(name, data, seed=0)
+    i2i = os.path.join(data, "i2i.parquet")
+    cfg.swing.top_t = 200
+    run_swing(os.path.join(data, "events.parquet"), i2i, cfg.swing)
+    samples = str(root / f"{name}_samples")
+    build_samples(os.path.join(data, "events.parquet"), i2i, samples, cfg)
+    return data, i2i, samples
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    cfg = _cfg()
+    data, i2i, samples = _make(tmp_path_factory.mktemp("prs"), "tiny", cfg)
+    return cfg, data, i2i, samples
+
+
+@pytest.fixture(scope="module")
+def trained(tiny, tmp_path_factory):
+    """A model trained (Ray Train, in-process) on the tiny synthetic world with planted user taste."""
+    cfg, data, i2i, samples = tiny
+    cfg = cfg.model_copy(deep=True)
+    cfg.train.epochs, cfg.train.patience, cfg.train.val_fraction = 3, 0, 0.2
+    model_dir = str(tmp_path_factory.mktemp("prs_model") / "model")
+    from pi2i.train import train
+
+    metrics = train(samples, model_dir, cfg, progress=False)
+    return cfg, data, i2i, samples, model_dir, metrics
+
+
+# --------------------------------------------------------------------------------------------- sampling
+def test_samples_follow_the_trigger_target_rules(tiny):
+    cfg, _data, i2i, samples = tiny
+    stats = json.loads(Path(samples, "stats.json").read_text())
+    assert stats["samples"] + stats["dropped"] == stats["positions"] and 0 <= stats["drop_rate"] < 0.5
+    for f in ("popularity.parquet", "histories.parquet", "items.parquet"):
+        assert os.path.exists(os.path.join(samples, f))
+    ss = SampleSet(samples)
+    lk = RowLookup.build(I2IIndex.load(i2i))
+    idx = np.arange(0, len(ss), 7)
+    feat = ss.features(idx, cfg.sampling.num_triggers, cfg.sampling.seq_len, cfg.model.max_trigger_hits)
+    clicks = ss.clicks
+    for j, i in enumerate(idx[:60]):
+        target = clicks.items[ss.pos[i]]
+        c = np.asarray(ss.cands[i])
+        assert c[0] == target
+        neg = c[1:][c[1:] >= 0]
+        assert target not in neg and len(np.unique(neg)) == len(neg)
+        trig = feat.triggers[j][feat.triggers[j] >= 0]
+        rows = {t: set(lk.index.row(t)[0].tolist()) for t in trig}
+        pos_trig = [t for t in trig if target in rows[t]]
+        assert pos_trig, "kept samples have at least one positive trigger"
+        union = set().union(*rows.values())
+        assert set(neg.tolist()) <= union  # negatives come from the serving pool
+        hard = c[1:1 + cfg.sampling.hard_negatives]
+        hard = hard[hard >= 0]
+        pos_rows = set().union(*(rows[t] for t in pos_trig))
+        n_hard = int(np.isin(hard, list(pos_rows)).sum())
+        assert n_hard == len(hard) or len(pos_rows) - 1 <= n_hard  # hard negatives: rows of positive triggers
+        # the most recent trigger is the last distinct click before the target
+        assert trig[0] == clicks.items[ss.pos[i] - 1]
+
+
+def test_sampling_is_seeded(tiny, tmp_path):
+    cfg, data, i2i, samples = tiny
+    build_samples(os.path.join(data, "events.parquet"), i2i, str(tmp_path / "again"), cfg)
+    a, b = np.load(os.path.join(samples, "samples", "cands.npy")), np.load(tmp_path / "again" / "samples" / "cands.npy")
+    assert np.array_equal(a, b)
+    cfg2 = cfg.model_copy(deep=True)
+    cfg2.sampling.seed = 1
+    build_samples(os.path.join(data, "events.parquet"), i2i, str(tmp_path / "other"), cfg2)
+    assert not np.array_equal(a, np.load(tmp_path / "other" / "samples" / "cands.npy"))
+
+
+def test_training_and_serving_features_are_identical(tiny):
+    """Same (history, candidate) → bit-identical inputs, whether it came from the sampler or the serving pool."""
+    cfg, _data, _i2i, samples = tiny
+    ss = SampleSet(samples)
+    L, S, H = cfg.sampling.num_triggers, cfg.sampling.seq_len, cfg.model.max_trigger_hits
+    idx = np.arange(0, len(ss), 13)[:60]
+    tr = ss.features(idx, L, S, H)
+    ptr = np.asarray(ss.clicks.user_ptr)
+    hist = [(np.asarray(ss.clicks.items[ptr[ss.user[i]]:ss.pos[i]]), np.asarray(ss.clicks.ts[ptr[ss.user[i]]:ss.pos[i]]))
+            for i in idx]
+    g = serving_groups(hist, L, S, cfg.sampling.dedup_consecutive)
+    assert np.array_equal(g.triggers, tr.triggers) and np.array_equal(g.seq, tr.seq)
+    pool = candidate_union(ss.lookup, g.triggers)
+    sv = featurize(g, pool, ss.lookup, ss.info, H)
+    checked = 0
+    for j in range(len(idx)):
+        c = np.flatnonzero(tr.cands[j] >= 0)
+        n = int((sv.cands[j] >= 0).sum())
+        k = np.searchsorted(sv.cands[j, :n], tr.cands[j, c])  # the pool is sorted by item id
+        assert np.array_equal(sv.cands[j, k], tr.cands[j, c]), "every training candidate is in the serving pool"
+        assert np.array_equal(tr.cross[j, c], sv.cross[j, k])
+        assert np.array_equal(tr.hit_slot[j, c], sv.hit_slot[j, k])
+        assert np.array_equal(tr.hit_dense[j, c], sv.hit_dense[j, k])
+        checked += len(c)
+    assert np.array_equal(tr.profile, sv.profile)
+    assert checked > 1000
+
+
+# --------------------------------------------------------------------------------------------- model
+def _batch(tiny, n=32):
+    cfg, _data, _i2i, samples = tiny
+    ss = SampleSet(samples)
+    vocab = Vocab.build(np.asarray(ss.clicks.items), ss.info, 1)
+    feat = ss.features(np.arange(n), cfg.sampling.num_triggers, cfg.sampling.seq_len, cfg.model.max_trigger_hits)
+    return cfg, vocab, feat
+
+
+def test_shapes_and_masks(tiny):
+    cfg, vocab, feat = _batch(tiny)
+    torch.manual_seed(0)
+    m = PRSModel(cfg.model, vocab.sizes, cfg.sampling.seq_len).eval()
+    b = to_tensors(feat, vocab)
+    G, C = feat.cands.shape
+    with torch.no_grad():
+        out = m(b)
+        assert out.shape == (G, C)
+        assert torch.isinf(out[~b["cand_mask"]]).all() and torch.isfinite(out[b["cand_mask"]]).all()
+        # garbage in padded hit slots changes nothing
+        b2 = dict(b)
+        b2["hit_dense"] = b["hit_dense"].masked_fill((b["hit_slot"] < 0).unsqueeze(-1), 123.0)
+        assert torch.allclose(m(b2), out, atol=1e-5, equal_nan=False)
+        # an empty history does not produce NaN
+        b3 = dict(b)
+        b3["seq"] = torch.zeros_like(b["seq"])
+        assert torch.isfinite(m(b3)[b["cand_mask"]]).all()
+        # candidates are scored independently: dropping some leaves the others' logits unchanged
+        b4 = {k: (v[:, :10] if k in ("cand", "cand_mask", "hit_slot", "hit_dense", "cross") else v) for k, v in b.items()}
+        assert torch.allclose(m(b4), out[:, :10], atol=1e-5)
+    assert positive_rank(out).shape == (G,)
+
+
+def test_seq_padding_is_masked(tiny):
+    cfg, vocab, feat = _batch(tiny)
+    m = PRSModel(cfg.model, vocab.sizes, cfg.sampling.seq_len).eval()
+    b = to_tensors(feat, vocab)
+    # a group whose sequence is short: replacing its padded slots' *positions* must not matter
+    short = (b["seq"][..., 0] == PAD).any(1)
+    assert short.any()
+    with torch.no_grad():
+        base = m(b)
+        m.pos.weight.data[-1] += 5.0  # the last position is padding for short sequences
+        moved = m(b)
+    assert torch.allclose(base[short & (b["seq"][:, -1, 0] == PAD)], moved[short & (b["seq"][:, -1, 0] == PAD)],
+                          atol=1e-5)
+
+
+def test_ablation_switches_do_what_they_claim(tiny):
+    cfg, vocab, feat = _batch(tiny)
+    b = to_tensors(feat, vocab)
+    multi_hits = (b["hit_slot"] >= 0).sum(-1) > 1
+    assert multi_hits.any()
+
+    def model(**kw):
+        c = cfg.model.model_copy(update=kw)
+        torch.manual_seed(0)
+        return PRSModel(c, vocab.sizes, cfg.sampling.seq_len).eval()
+
+    with torch.no_grad():
+        # none: the trigger identities and per-hit inputs are ignored
+        m = model(trigger_feature="none")
+        b2 = dict(b, trig=b["trig"].flip(0), hit_dense=torch.randn_like(b["hit_dense"]))
+        assert torch.allclose(m(b), m(b2))
+        # multi: they matter
+        m = model()
+        assert not torch.allclose(m(b), m(b2))
+        # random: exactly one hit per candidate is used (random draws differ where several hit)
+        m = model(trigger_feature="random")
+        mask = m.hit_mask(b)
+        assert (mask.sum(-1) == (b["hit_slot"] >= 0).any(-1).long()).all()
+        torch.manual_seed(1)
+        o1 = m(b)
+        torch.manual_seed(2)
+        o2 = m(b)
+        assert not torch.allclose(o1[multi_hits], o2[multi_hits])
+        # self-attention: the sequence summary no longer depends on the candidate (query) — target attention does
+        seen = {}
+        for att in ("target", "self"):
+            m = model(attention=att)
+            h = m.mha.register_forward_hook(lambda mod, inp, out, a=att: seen.__setitem__(a, inp[0].shape))
+            m(b)
+            h.remove()
+        assert seen["target"][1] == b["cand"].shape[1] and seen["self"][1] == b["seq"].shape[1]
+
+
+def test_loss_falls(tiny):
+    cfg, vocab, feat = _batch(tiny, n=64)
+    torch.manual_seed(0)
+    m = PRSModel(cfg.model, vocab.sizes, cfg.sampling.seq_len)
+    b = to_tensors(feat, vocab)
+    m.fit_normalizers(b)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(25):
+        loss = softmax_loss(m(b))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+
+
+# --------------------------------------------------------------------------------------------- train + score
+def test_train_writes_a_self_contained_model_dir(trained):
+    _cfg, _data, _i2i, _samples, model_dir, metrics = trained
+    for f in ("config.json", "model.safetensors", "vocab.parquet", "items.parquet", "popularity.parquet",
+              "histories.parquet", "train_metrics.json"):
+        assert os.path.exists(os.path.join(model_dir, f)), f
+    h = metrics["history"]
+    assert len(h) == 3 and h[-1]["train_loss"] < h[0]["train_loss"]
+    assert metrics["best"]["val_loss"] == min(m["val_loss"] for m in h)
+
+
+def test_model_learns_the_personal_signal(trained):
+    """On held-out users the scorer ranks the next click above the plain Swing ranking (summed scores) of the
+    very same candidates: the taste the generator plants (brand, price tier per user) is invisible to Swing."""
+    cfg, _data, _i2i, samples, model_dir, _metrics = trained
+    from pi2i.train import load_model, split_samples
+
+    ss = SampleSet(samples)
+    model, _, _meta = load_model(model_dir)
+    vocab = Vocab.from_table(read_parquet(os.path.join(model_dir, "vocab.parquet")), ss.info)
+    _, val = split_samples(ss, cfg.train.val_fraction, cfg.train.seed)
+    feat = ss.features(val, cfg.sampling.num_triggers, cfg.sampling.seq_len, cfg.model.max_trigger_hits)
+    b = to_tensors(feat, vocab)
+    with torch.no_grad():
+        hr_model = (positive_rank(model(b)) < 10).float().mean().item()
+        perm = np.random.default_rng(0).permutation(len(val))
+        b_other = dict(b, seq=b["seq"][perm], profile=b["profile"][perm])
+        hr_other = (positive_rank(model(b_other)) < 10).float().mean().item()
+    swing = torch.from_numpy(feat.cross[..., 4]).masked_fill(~b["cand_mask"], -1.0)  # summed Swing score
+    swing = swing + 1e-9 * torch.rand_like(swing)
+    hr_swing = (positive_rank(swing) < 10).float().mean().item()
+    assert hr_model > hr_swing + 0.05, (hr_model, hr_swing)
+    print(f"val HR@10 among candidates: model {hr_model:.3f}, swing {hr_swing:.3f}, "
+          f"model with another user's sequence {hr_other:.3f}")
+
+
+def test_scorer_recommends_with_explanations(trained):
+    _cfg, _data, i2i, _samples, model_dir, _metrics = trained
+    index = I2IIndex.load(i2i)
+    sc = Scorer.load(model_dir, index)
+    h = read_parquet(os.path.join(model_dir, "histories.parquet"))
+    items = h.column("items").to_pylist()
+    ts = [np.asarray(x, np.int64) for x in h.column("ts").cast(pa.list_(pa.int64())).to_pylist()]
+    hist = [(np.asarray(i, np.int64), t) for i, t in zip(items, ts)]
+    r = sc.recommend(*hist[0], k=20, exclude=hist[0][0])
+    assert isinstance(r, Recommendation) and 0 < len(r.items) <= 20 and r.items.dtype == np.int64
+    assert np.all(np.diff(r.scores) <= 0) and not np.isin(r.items, hist[0][0]).any()
+    trig_set = set(hist[0][0].tolist())
+    for it, trg in zip(r.items, r.triggers):
+        assert len(trg) >= 1 and set(trg.tolist()) <= trig_set
+        assert all(it in index.row(t)[0] for t in trg)  # each explanation trigger's row holds the item
+    many = sc.recommend_many(hist[:50], k=20)
+    assert np.array_equal(many[0].items, r.items) and np.allclose(many[0].scores, r.scores, atol=1e-5)
+    assert many[0].num_candidates == r.num_candidates
+    cold = sc.recommend(np.empty(0, np.int64), np.empty(0, np.int64), k=10)
+    assert len(cold.items) == 0 and cold.num_candidates == 0 and len(sc.popularity) > 0
+
+
+@pytest.mark.slow
+def test_ray_train_with_one_real_worker(tiny, tmp_path):
+    """The same loop on a real Ray Train worker (costs ~20 s of Ray start-up)."""
+    cfg, _data, _i2i, samples = tiny
+    cfg = cfg.model_copy(deep=True)
+    cfg.train.epochs, cfg.train.num_workers, cfg.train.max_batches_per_epoch = 1, 1, 3
+    cfg.train.storage_path = str(tmp_path / "ray")
+    from pi2i.train import train
+
+    m = train(samples, str(tmp_path / "m"), cfg, progress=False)
+    assert m["epochs_run"] == 1 and os.path.exists(tmp_path / "m" / "model.safetensors")
+    assert any((tmp_path / "ray").rglob("model.safetensors"))
