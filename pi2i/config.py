@@ -85,7 +85,7 @@ class ModelConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(5, ge=1)
+    epochs: int = Field(3, ge=1)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
@@ -94,7 +94,8 @@ class TrainConfig(_Section):
     num_workers: int = Field(0, ge=0, description="Ray Train workers; 0 = run the loop in-process")
     use_gpu: bool = False
     storage_path: str | None = Field(None, description="Ray Train checkpoints/results; None = a temp dir")
-    max_batches_per_epoch: int = Field(0, ge=0, description="cap on batches per epoch; 0 = the whole set")
+    max_batches_per_epoch: int = Field(
+        200, ge=0, description="cap on batches per epoch (CPU-sized default); 0 = the whole set (use on a GPU cluster)")
     torch_threads: int = Field(0, ge=0, description="intra-op threads per worker; 0 = torch's default")
     seed: int = 0
 

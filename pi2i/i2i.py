@@ -24,7 +24,7 @@ class I2IIndex:
     ranks: np.ndarray  # int32 (1 = best)
 
     @classmethod
-    def from_table(cls, table: pa.Table) -> "I2IIndex":
+    def from_table(cls, table: pa.Table) -> I2IIndex:
         t = check_schema(table, I2I_SCHEMA, "i2i table")
         t = t.sort_by([("trigger", "ascending"), ("rank", "ascending")])
         trig = t.column("trigger").to_numpy()
@@ -35,7 +35,7 @@ class I2IIndex:
                    t.column("rank").to_numpy().astype(np.int32))
 
     @classmethod
-    def load(cls, uri: str) -> "I2IIndex":
+    def load(cls, uri: str) -> I2IIndex:
         return cls.from_table(read_i2i(uri))
 
     def to_table(self) -> pa.Table:
@@ -68,6 +68,6 @@ class I2IIndex:
             b = min(b, a + limit)
         return self.targets[a:b], self.scores[a:b], self.ranks[a:b]
 
-    def truncated(self, t: int) -> "I2IIndex":
+    def truncated(self, t: int) -> I2IIndex:
         """The same index with every row cut to its top ``t`` (classic I2I uses a small uniform cut)."""
         return I2IIndex.from_table(self.to_table().filter(pc.less_equal(pc.field("rank"), t)))

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from pi2i.cli import app
 from pi2i.config import ConfigError, load_config, parse_config
-from pi2i.contracts import ContractError, I2I_SCHEMA, read_events, read_parquet, write_parquet
+from pi2i.contracts import I2I_SCHEMA, ContractError, read_events, read_parquet, write_parquet
 from pi2i.i2i import I2IIndex
 
 
@@ -70,7 +70,7 @@ def test_i2i_index_rows_and_truncation():
                   "rank": [1, 2, 3, 1]}, schema=I2I_SCHEMA)
     idx = I2IIndex.from_table(t)
     assert len(idx) == 2 and idx.num_pairs == 4
-    targets, scores, ranks = idx.row(5)
+    targets, _, ranks = idx.row(5)
     assert targets.tolist() == [7, 8, 9] and ranks.tolist() == [1, 2, 3]
     assert idx.row(6)[0].size == 0
     assert idx.row_ids(np.array([9, 1, 5])).tolist() == [1, -1, 0]

@@ -232,9 +232,12 @@ def _random_events(seed: int, users: int, items: int, n: int) -> pa.Table:
 @pytest.fixture(scope="module")
 def ray_local():
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    started = not ray.is_initialized()  # an earlier test (Ray Train) may have left a local cluster up
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
-    ray.shutdown()
+    if started:
+        ray.shutdown()
 
 
 def test_workers_identical(ray_local):
