@@ -227,7 +227,9 @@ def serving_groups(histories: list[tuple[np.ndarray, np.ndarray]], L: int, S: in
 
 # --------------------------------------------------------------------------------------------- candidates
 @nb.njit(cache=True, parallel=True)
-def _union_count(trig_rows, indptr, s_targets, excl_ptr, excl, counts):
+def _union(trig_rows, indptr, s_targets, excl_ptr, excl, counts, out, fill):
+    """Per group: the distinct targets of its triggers' rows minus its excluded items. Two passes over the
+    same code: ``fill=False`` writes only ``counts[g]``, ``fill=True`` writes the items into ``out[g]``."""
     G, L = trig_rows.shape
     for g in nb.prange(G):
         tot = 0
@@ -254,43 +256,13 @@ def _union_count(trig_rows, indptr, s_targets, excl_ptr, excl, counts):
                 p = np.searchsorted(excl[e0:e1], x)
                 if p < e1 - e0 and excl[e0 + p] == x:
                     continue
+            if fill:
+                out[g, c] = x
             c += 1
         counts[g] = c
 
 
-@nb.njit(cache=True, parallel=True)
-def _union_fill(trig_rows, indptr, s_targets, excl_ptr, excl, out):
-    G, L = trig_rows.shape
-    for g in nb.prange(G):
-        tot = 0
-        for q in range(L):
-            r = trig_rows[g, q]
-            if r >= 0:
-                tot += indptr[r + 1] - indptr[r]
-        buf = np.empty(tot, np.int64)
-        k = 0
-        for q in range(L):
-            r = trig_rows[g, q]
-            if r >= 0:
-                for j in range(indptr[r], indptr[r + 1]):
-                    buf[k] = s_targets[j]
-                    k += 1
-        buf.sort()
-        e0, e1 = excl_ptr[g], excl_ptr[g + 1]
-        c = 0
-        for j in range(tot):
-            if j > 0 and buf[j] == buf[j - 1]:
-                continue
-            x = buf[j]
-            if e1 > e0:
-                p = np.searchsorted(excl[e0:e1], x)
-                if p < e1 - e0 and excl[e0 + p] == x:
-                    continue
-            out[g, c] = x
-            c += 1
-
-
-_union_count_1, _union_fill_1 = _serial(_union_count), _serial(_union_fill)
+_union_1 = _serial(_union)
 
 
 def candidate_union(lookup: RowLookup, triggers: np.ndarray,
@@ -308,9 +280,10 @@ def candidate_union(lookup: RowLookup, triggers: np.ndarray,
         excl = np.concatenate(ex) if ex else np.empty(0, np.int64)
     counts = np.zeros(G, np.int64)
     ip = lookup.index.indptr
-    (_union_count_1 if G == 1 else _union_count)(rows, ip, lookup.s_targets, excl_ptr, excl, counts)
+    union = _union_1 if G == 1 else _union
+    union(rows, ip, lookup.s_targets, excl_ptr, excl, counts, np.empty((G, 0), np.int64), False)
     out = np.full((G, int(counts.max()) if G else 0), -1, np.int64)
-    (_union_fill_1 if G == 1 else _union_fill)(rows, ip, lookup.s_targets, excl_ptr, excl, out)
+    union(rows, ip, lookup.s_targets, excl_ptr, excl, counts, out, True)
     return out
 
 

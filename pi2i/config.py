@@ -20,6 +20,14 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def _check_behaviors(cls, v: list[str]) -> list[str]:
+    """Every behaviour named must be one of the contract's (click, cart, fav, buy)."""
+    bad = [b for b in v if b not in BEHAVIORS]
+    if bad:
+        raise ValueError(f"unknown behavior(s) {bad}; allowed: {list(BEHAVIORS)}")
+    return v
+
+
 class DataConfig(_Section):
     chunk_rows: int = Field(500_000, ge=1_000, description="about this many rows per streamed chunk in loaders")
     min_ts: str = Field("1995-01-01T00:00:00Z", description="events before this are quarantined "
@@ -42,13 +50,7 @@ class SwingConfig(_Section):
     workers: int = Field(1, ge=1, description="Ray tasks sharing the trigger range")
     seed: int = 0
 
-    @field_validator("behaviors")
-    @classmethod
-    def _known_behaviors(cls, v: list[str]) -> list[str]:
-        bad = [b for b in v if b not in BEHAVIORS]
-        if bad:
-            raise ValueError(f"unknown behavior(s) {bad}; allowed: {list(BEHAVIORS)}")
-        return v
+    _known_behaviors = field_validator("behaviors")(_check_behaviors)
 
 
 class SamplingConfig(_Section):
@@ -63,13 +65,7 @@ class SamplingConfig(_Section):
     max_samples: int = Field(0, ge=0, description="keep a seeded sample of N training samples; 0 = all")
     seed: int = 0
 
-    @field_validator("behaviors")
-    @classmethod
-    def _known_behaviors(cls, v: list[str]) -> list[str]:
-        bad = [b for b in v if b not in BEHAVIORS]
-        if bad:
-            raise ValueError(f"unknown behavior(s) {bad}; allowed: {list(BEHAVIORS)}")
-        return v
+    _known_behaviors = field_validator("behaviors")(_check_behaviors)
 
 
 class ModelConfig(_Section):
