@@ -20,7 +20,7 @@ import time
 
 CHILD = """
 import json, sys, time
-from pi2i.synthetic import generate_preset
+from pi2i.data.synthetic import generate_preset
 t = time.perf_counter()
 s = generate_preset(sys.argv[1], sys.argv[2], seed=0, **json.loads(sys.argv[3]))
 print(json.dumps({"gen_s": time.perf_counter() - t, "events": s["events"],

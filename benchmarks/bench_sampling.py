@@ -1,7 +1,7 @@
 """Trigger–target sampling benchmark on the ``swing-bench`` preset (50k users, 20k items, ~1.15M events).
 
 Builds the data and the Swing index once (cached in ``--data-dir``), warms the numba kernels on a tiny run, then
-runs :func:`pi2i.sampling.build_samples` ``--repeats`` times and reports medians: positions (candidate samples)
+runs :func:`pi2i.prs.sampling.build_samples` ``--repeats`` times and reports medians: positions (candidate samples)
 per second in the compiled sampler, end to end (read + sample + write the samples dir), the drop rate, and the
 per-batch feature building throughput (:meth:`SampleSet.features`, what training pays per batch).
 
@@ -24,9 +24,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pi2i.config import Config
-from pi2i.sampling import SampleSet, build_samples
-from pi2i.swing import run_swing
-from pi2i.synthetic import generate_preset
+from pi2i.prs.sampling import SampleSet, build_samples
+from pi2i.ibs.swing import run_swing
+from pi2i.data.synthetic import generate_preset
 
 
 def main() -> None:

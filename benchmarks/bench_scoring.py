@@ -29,11 +29,11 @@ def synthetic_scorer(n_items: int, n_rows: int, row: int, seed: int = 0):
     import pyarrow as pa
     import torch
 
-    from pi2i.candidates import ItemInfo, RowLookup
+    from pi2i.prs.candidates import ItemInfo, RowLookup
     from pi2i.config import Config
-    from pi2i.i2i import I2IIndex
-    from pi2i.model import PRSModel, Vocab
-    from pi2i.scoring import Scorer
+    from pi2i.ibs.i2i import I2IIndex
+    from pi2i.prs.model import PRSModel, Vocab
+    from pi2i.prs.scoring import Scorer
 
     rng = np.random.default_rng(seed)
     items = np.arange(1, n_items + 1, dtype=np.int64) * 7
@@ -70,8 +70,8 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     numba.set_num_threads(min(a.threads, numba.config.NUMBA_NUM_THREADS))
-    from pi2i.candidates import candidate_union, featurize
-    from pi2i.model import to_tensors
+    from pi2i.prs.candidates import candidate_union, featurize
+    from pi2i.prs.model import to_tensors
 
     scorer, trig = synthetic_scorer(60_000, 5_000, a.row)
     rng = np.random.default_rng(1)

@@ -216,13 +216,13 @@ def build_registry(root: Path) -> tuple[str, dict]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pi2i import registry as reg
+    from pi2i.publish import registry as reg
     from pi2i.config import load_config
     from pi2i.contracts import I2I_SCHEMA, read_events, write_parquet
-    from pi2i.sampling import build_samples
-    from pi2i.swing import build_swing
-    from pi2i.synthetic import generate_preset
-    from pi2i.train import train
+    from pi2i.prs.sampling import build_samples
+    from pi2i.ibs.swing import build_swing
+    from pi2i.data.synthetic import generate_preset
+    from pi2i.prs.train import train
 
     data = root / "data"
     generate_preset("tiny", str(data), seed=0)
@@ -298,7 +298,7 @@ def main() -> None:
 
     import httpx
 
-    from pi2i import registry as reg
+    from pi2i.publish import registry as reg
 
     t_start = time.perf_counter()
     root = Path(tempfile.mkdtemp(prefix="pi2i-bench-serving-"))

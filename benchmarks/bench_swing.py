@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # ------------------------------------------------------------------------------------------------ data
 def fallback_generate(out_dir: str, zipf: float, seed: int = 0, users: int = 50_000, items: int = 20_000,
                       pairs: int = 1_000_000) -> None:
-    """Same shape as the preset when pi2i.synthetic is unavailable: Zipf items, lognormal user activity."""
+    """Same shape as the preset when pi2i.data.synthetic is unavailable: Zipf items, lognormal user activity."""
     import numpy as np
     import pyarrow as pa
 
@@ -54,7 +54,7 @@ def ensure_data(data_dir: Path, zipf: float, seed: int) -> Path:
     ev = d / "events.parquet"
     if not ev.exists():
         try:
-            from pi2i.synthetic import generate_preset
+            from pi2i.data.synthetic import generate_preset
 
             generate_preset("swing-bench", str(d), seed=seed, zipf=zipf)
         except ImportError:
@@ -96,7 +96,7 @@ def child(args: argparse.Namespace) -> None:
 
     from pi2i.config import SwingConfig
     from pi2i.contracts import EVENTS_SCHEMA, read_events, write_parquet
-    from pi2i.swing import build_swing
+    from pi2i.ibs.swing import build_swing
 
     tiny = pa.table({"user_id": np.array([0, 0, 1, 1], np.int64), "item_id": np.array([1, 2, 1, 2], np.int64),
                      "behavior": ["click"] * 4, "ts": pa.array(np.zeros(4, np.int64)).cast(

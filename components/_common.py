@@ -92,13 +92,13 @@ def run_ray_step(step: str, compute: str, local: Callable[[], Any], entrypoint: 
     (``compute='rayjob'``: run ``entrypoint`` — the same core function behind the CLI — writing to
     ``out_uri`` in the object store, then copy the result into the KFP output dir ``out_dir``). An
     entrypoint argument ``{config}`` becomes the URI of ``config`` staged as YAML beside the output; ``shape``
-    overrides the step's cluster shape (``pi2i.rayjob.STEP_RESOURCES``); ``runner`` replaces
-    :func:`pi2i.rayjob.run_rayjob` (tests)."""
+    overrides the step's cluster shape (``pi2i.cluster.rayjob.STEP_RESOURCES``); ``runner`` replaces
+    :func:`pi2i.cluster.rayjob.run_rayjob` (tests)."""
     if compute == "local":
         return local()
     if compute != "rayjob":
         raise ValueError(f"compute must be 'local' or 'rayjob', got {compute!r}")
-    from pi2i import rayjob
+    from pi2i.cluster import rayjob
 
     name = rayjob.job_name(step, run_id)
     entrypoint = [a if a != "{config}" else stage_config(config or {}, out_uri) for a in entrypoint]

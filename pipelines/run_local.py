@@ -38,7 +38,7 @@ def run_local(data_uri: str, registry_uri: str, work_dir: str, run_date: str | N
     and where the artifacts are."""
     from kfp import local
 
-    from pi2i import registry
+    from pi2i.publish import registry
     from pipelines.daily import pi2i_daily
 
     work = Path(work_dir).resolve()

@@ -1,4 +1,4 @@
-"""PI2I online service (BentoML 1.4): a thin HTTP adapter over ``pi2i.online.OnlineRecommender``.
+"""PI2I online service (BentoML 1.4): a thin HTTP adapter over ``pi2i.online.runtime.OnlineRecommender``.
 
 Run: ``pi2i serve --registry R --port P`` (or ``PI2I_REGISTRY=R bentoml serve serving.service:PI2IService``).
 Environment: ``PI2I_REGISTRY`` (required), ``PI2I_CONFIG`` (YAML, the ``serving`` section is used),
@@ -24,7 +24,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from pi2i.config import ServingConfig, load_config
-from pi2i.online import INT64_MAX, OnlineRecommender, ServingError, make_history_store, parse_ts
+from pi2i.online.runtime import INT64_MAX, OnlineRecommender, ServingError, make_history_store, parse_ts
 
 log = logging.getLogger("pi2i.serving")
 

@@ -21,7 +21,7 @@ def component(step: str):
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory) -> str:
-    from pi2i.synthetic import generate_preset
+    from pi2i.data.synthetic import generate_preset
 
     d = tmp_path_factory.mktemp("tiny") / "data"
     generate_preset("tiny", str(d), seed=0)
@@ -141,7 +141,7 @@ def published_inputs(tmp_path):
 
 
 def test_publish_deploy_record(tmp_path, published_inputs):
-    from pi2i import registry
+    from pi2i.publish import registry
 
     i2i, model, report = published_inputs
     reg = str(tmp_path / "registry")

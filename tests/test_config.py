@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from pi2i.cli import app
 from pi2i.config import ConfigError, load_config, parse_config
 from pi2i.contracts import I2I_SCHEMA, ContractError, read_events, read_parquet, write_parquet
-from pi2i.i2i import I2IIndex
+from pi2i.ibs.i2i import I2IIndex
 
 
 def test_defaults_validate_and_roundtrip(tmp_path):

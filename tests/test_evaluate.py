@@ -11,11 +11,11 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from pi2i import baselines as bl
+from pi2i.methods import baselines as bl
 from pi2i.config import Config
 from pi2i.contracts import EVENTS_SCHEMA
-from pi2i.i2i import I2IIndex
-from pi2i.metrics import PAD
+from pi2i.ibs.i2i import I2IIndex
+from pi2i.evaluation.metrics import PAD
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 
@@ -128,7 +128,7 @@ def _events(rows):
 
 
 def test_prepare_users_seen_policy():
-    from pi2i.evaluate import prepare_users
+    from pi2i.evaluation.evaluate import prepare_users
 
     train = _events([(1, 10, "click", 0), (1, 11, "click", 1), (2, 10, "click", 0), (3, 12, "buy", 0)])
     test = _events([(1, 11, "click", 30), (1, 13, "click", 31), (2, 10, "click", 30), (4, 10, "click", 30),
@@ -150,13 +150,13 @@ def test_prepare_users_seen_policy():
 # ------------------------------------------------------------------------------------------ end to end
 def _pipeline(tmp_path: Path, cfg: Config, events_dir: str | None = None, preset: str = "tiny") -> dict:
     """generate/load -> split -> build_swing -> build_samples -> train -> paths."""
-    from pi2i.sampling import build_samples
-    from pi2i.split import split
-    from pi2i.swing import run_swing
-    from pi2i.train import train
+    from pi2i.prs.sampling import build_samples
+    from pi2i.data.split import split
+    from pi2i.ibs.swing import run_swing
+    from pi2i.prs.train import train
 
     if events_dir is None:
-        from pi2i.synthetic import generate_preset
+        from pi2i.data.synthetic import generate_preset
 
         events_dir = str(tmp_path / "data")
         generate_preset(preset, events_dir, seed=0)
@@ -184,7 +184,7 @@ def test_evaluate_end_to_end_tiny(tmp_path):
     from typer.testing import CliRunner
 
     from pi2i.cli import app
-    from pi2i.gate import kfp_metrics
+    from pi2i.evaluation.gate import kfp_metrics
 
     cfg = _small_cfg()
     p = _pipeline(tmp_path, cfg)
@@ -223,7 +223,7 @@ def test_evaluate_end_to_end_tiny(tmp_path):
     assert flat["gate_passed"] in (0.0, 1.0) and f"hr_pi2i_at_{ks[0]}" in flat
 
     # --registry: the live version's recorded metrics become the gate's baseline (same model: no regression)
-    from pi2i.registry import publish
+    from pi2i.publish.registry import publish
 
     reg = str(tmp_path / "registry")
     version = publish(reg, p["i2i"], p["model"], metrics_uri=str(out / "metrics.json"), promote=True)
@@ -263,8 +263,8 @@ def test_evaluate_taobao_head_runs(tmp_path):
     csv = SHARED / "data" / "taobao" / "userbehavior_head.csv"
     if not csv.exists():
         pytest.skip(f"Taobao sample not present at {csv}")
-    from pi2i.evaluate import evaluate
-    from pi2i.loaders import load
+    from pi2i.evaluation.evaluate import evaluate
+    from pi2i.data.loaders import load
 
     cfg = _small_cfg()
     cfg.eval.max_users = 300  # a seeded sample keeps the test short; the full head runs in the acceptance check

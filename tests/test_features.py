@@ -18,7 +18,7 @@ import pyarrow as pa
 import pytest
 
 from pi2i.contracts import TS_TYPE, write_parquet
-from pi2i.features import (
+from pi2i.data.features import (
     FeastHistoryStore,
     build_tables,
     historical_features,
@@ -64,7 +64,7 @@ def make_data(d: Path, seed: int = 0, users: int = 60, items: int = 90, events: 
 
 
 def reference(d: Path, history_len: int = L) -> dict[str, pd.DataFrame]:
-    """What the views must hold, computed in pandas from the events (independent of pi2i.features)."""
+    """What the views must hold, computed in pandas from the events (independent of pi2i.data.features)."""
     ev = pd.read_parquet(d / "events.parquet")
     ev["ts_us"] = ev["ts"].astype("int64") if ev["ts"].dt.unit == "us" else ev["ts"].dt.as_unit("us").astype("int64")
     ev["row"] = np.arange(len(ev))
@@ -234,7 +234,7 @@ def test_history_store_push_roundtrip(world):
     other.append(99_999_999, 5, now)
     assert hs.get(99_999_999)[0].tolist() == [5]
     assert [a.tolist() for a, _ in hs.get_many([99_999_999, u])] == [[5], items.tolist()]
-    from pi2i.history import HistoryStore
+    from pi2i.online.history import HistoryStore
     assert isinstance(hs, HistoryStore)
 
     dd = FeastHistoryStore(repo, dedup_consecutive=True)  # as ingest with --dedup-consecutive
@@ -269,7 +269,7 @@ def test_reingest_same_workdir_without_users_via_cli(world, tmp_path):
     summary = json.loads(r.stdout[r.stdout.index("{"):])
     assert summary["views"] == ["item_popularity", "item_profile", "user_recent_items"]
     assert summary["history_len"] == 3
-    from pi2i.features import feature_refs
+    from pi2i.data.features import feature_refs
     assert "user_profile" not in feature_refs(world["repo"])
     ref = reference(data, 3)
     hs = FeastHistoryStore(world["repo"])

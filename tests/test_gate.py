@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pi2i.gate import decide, kfp_metrics
+from pi2i.evaluation.gate import decide, kfp_metrics
 
 
 def methods(pi2i=None, swing=0.10, ks=(20, 100, 500)):

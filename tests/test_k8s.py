@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pi2i import rollout
+from pi2i.cluster import rollout
 
 K8S = Path(__file__).resolve().parents[1] / "k8s"
 K8S_VERSION = "1.31.0"  # schemas bundled with kubernetes-validate; the cluster floor we support
@@ -161,7 +161,7 @@ def test_serving_deployment_is_production_shaped(rendered):
     assert {"cpu", "memory"} <= set(c["resources"]["requests"]) and {"cpu", "memory"} <= set(c["resources"]["limits"])
     tmp = [m for m in c["volumeMounts"] if m["mountPath"] == "/tmp"]
     assert tmp and any(v["name"] == tmp[0]["name"] and "emptyDir" in v for v in pod["volumes"])
-    # the names pi2i.rollout patches by default
+    # the names pi2i.cluster.rollout patches by default
     assert d["metadata"]["name"] == "pi2i-serving" and c["name"] == "serving"
     assert any(e["name"] == rollout.VERSION_ENV for e in c["env"])
     assert c["image"].startswith("ghcr.io/pi2i/pi2i:")

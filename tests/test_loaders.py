@@ -14,7 +14,7 @@ import pytest
 
 from pi2i.config import Config
 from pi2i.contracts import EVENTS_SCHEMA, ContractError, read_events
-from pi2i.loaders import REASONS, load
+from pi2i.data.loaders import REASONS, load
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TAOBAO = SHARED / "data" / "taobao"

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from pi2i.metrics import PAD, csr_from_pairs, k_ladder, pad_lists, ranking_metrics, set_hit_rate
+from pi2i.evaluation.metrics import PAD, csr_from_pairs, k_ladder, pad_lists, ranking_metrics, set_hit_rate
 
 
 def brute(lists, tests, ks, cat=None):

@@ -159,9 +159,9 @@ def test_submit_uploads_version_and_replaces_schedule(existing):
 def _have_core() -> str | None:
     import importlib.util
 
-    missing = [m for m in ("pi2i.loaders", "pi2i.split", "pi2i.sampling", "pi2i.train", "pi2i.scoring",
-                           "pi2i.evaluate", "pi2i.registry",
-                           "pi2i.swing", "pi2i.features", "pi2i.synthetic") if importlib.util.find_spec(m) is None]
+    missing = [m for m in ("pi2i.data.loaders", "pi2i.data.split", "pi2i.prs.sampling", "pi2i.prs.train", "pi2i.prs.scoring",
+                           "pi2i.evaluation.evaluate", "pi2i.publish.registry",
+                           "pi2i.ibs.swing", "pi2i.data.features", "pi2i.data.synthetic") if importlib.util.find_spec(m) is None]
     return f"core modules not present yet: {missing}" if missing else None
 
 
@@ -170,7 +170,7 @@ def _have_core() -> str | None:
 def test_local_run_end_to_end(tmp_path):
     """`pi2i pipeline run --local` on the tiny preset: every step runs (kfp.local), the gate passes, the
     registry gains a live version, and the exit handler writes the run record."""
-    from pi2i import registry
+    from pi2i.publish import registry
 
     data, reg = tmp_path / "data", tmp_path / "registry"
     cmd = [sys.executable, "-c", "from pi2i.cli import main; main()", "pipeline", "run", "--local",

@@ -11,15 +11,15 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pi2i.candidates import RowLookup, candidate_union, featurize, serving_groups
+from pi2i.prs.candidates import RowLookup, candidate_union, featurize, serving_groups
 from pi2i.config import Config
 from pi2i.contracts import read_parquet
-from pi2i.i2i import I2IIndex
-from pi2i.model import PAD, PRSModel, Vocab, positive_rank, softmax_loss, to_tensors
-from pi2i.sampling import SampleSet, build_samples
-from pi2i.scoring import Recommendation, Scorer
-from pi2i.swing import run_swing
-from pi2i.synthetic import generate, generate_preset
+from pi2i.ibs.i2i import I2IIndex
+from pi2i.prs.model import PAD, PRSModel, Vocab, positive_rank, softmax_loss, to_tensors
+from pi2i.prs.sampling import SampleSet, build_samples
+from pi2i.prs.scoring import Recommendation, Scorer
+from pi2i.ibs.swing import run_swing
+from pi2i.data.synthetic import generate, generate_preset
 
 
 def _cfg(**train) -> Config:
@@ -66,7 +66,7 @@ def trained(tiny, tmp_path_factory):
     cfg = cfg.model_copy(deep=True)
     cfg.train.epochs, cfg.train.patience, cfg.train.val_fraction = 3, 0, 0.2
     model_dir = str(tmp_path_factory.mktemp("prs_model") / "model")
-    from pi2i.train import train
+    from pi2i.prs.train import train
 
     metrics = train(samples, model_dir, cfg, progress=False)
     return cfg, data, i2i, samples, model_dir, metrics
@@ -262,7 +262,7 @@ def test_model_learns_the_personal_signal(trained):
     """On held-out users the scorer ranks the next click above the plain Swing ranking (summed scores) of the
     very same candidates: the taste the generator plants (brand, price tier per user) is invisible to Swing."""
     cfg, _data, _i2i, samples, model_dir, _metrics = trained
-    from pi2i.train import load_model, split_samples
+    from pi2i.prs.train import load_model, split_samples
 
     ss = SampleSet(samples)
     model, _, _meta = load_model(model_dir)
@@ -312,7 +312,7 @@ def test_ray_train_with_one_real_worker(tiny, tmp_path):
     cfg = cfg.model_copy(deep=True)
     cfg.train.epochs, cfg.train.num_workers, cfg.train.max_batches_per_epoch = 1, 1, 3
     cfg.train.storage_path = str(tmp_path / "ray")
-    from pi2i.train import train
+    from pi2i.prs.train import train
 
     m = train(samples, str(tmp_path / "m"), cfg, progress=False)
     assert m["epochs_run"] == 1 and os.path.exists(tmp_path / "m" / "model.safetensors")

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from kubernetes import client as k8s
 
-from pi2i import rayjob
-from pi2i.rayjob import RayJobError, job_name, rayjob_manifest, rayjob_state, run_rayjob
+from pi2i.cluster import rayjob
+from pi2i.cluster.rayjob import RayJobError, job_name, rayjob_manifest, rayjob_state, run_rayjob
 
 RAYJOB_DIR = Path(__file__).resolve().parents[1] / "k8s" / "rayjobs"
 
@@ -120,7 +120,7 @@ def test_committed_templates_validate_and_match_builder(path):
     obj = yaml.safe_load(path.read_text())
     validate_rayjob(obj)
     step = obj["metadata"]["labels"]["pi2i.io/step"]
-    assert obj == rayjob.template(step), f"{path} drifted from pi2i.rayjob.template({step!r}); regenerate it"
+    assert obj == rayjob.template(step), f"{path} drifted from pi2i.cluster.rayjob.template({step!r}); regenerate it"
 
 
 @pytest.mark.parametrize("status, terminal, ok", [

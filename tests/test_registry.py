@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from pi2i import registry as reg
+from pi2i.publish import registry as reg
 from pi2i.contracts import I2I_SCHEMA
 
 

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pytest
 from kubernetes import client as k8s
 
-from pi2i import rollout
-from pi2i.rollout import (
+from pi2i.cluster import rollout
+from pi2i.cluster.rollout import (
     RolloutError,
     deployed_version,
     deployment_rollout_status,
@@ -160,7 +160,7 @@ def test_version_patch_is_a_strategic_merge_on_env_and_annotation():
 @pytest.fixture
 def registry_two_versions(tmp_path):
     """A real registry with two published versions (v_a live)."""
-    from pi2i import registry
+    from pi2i.publish import registry
     from pi2i.contracts import I2I_SCHEMA, write_parquet
 
     i2i = tmp_path / "i2i.parquet"
@@ -181,7 +181,7 @@ class FakeService:
     """A real HTTP server speaking the serving admin contract; ``broken`` makes /readyz fail after reload."""
 
     def __init__(self, registry: str, broken: bool = False):
-        from pi2i import registry as reg
+        from pi2i.publish import registry as reg
 
         self.loaded = reg.current(registry)
         state = self
@@ -223,7 +223,7 @@ class FakeService:
 
 
 def test_local_rollout_promotes_and_verifies(registry_two_versions):
-    from pi2i import registry
+    from pi2i.publish import registry
 
     reg, a, b = registry_two_versions
     svc = FakeService(reg)
@@ -235,7 +235,7 @@ def test_local_rollout_promotes_and_verifies(registry_two_versions):
 
 
 def test_local_rollout_rolls_back_when_unhealthy(registry_two_versions):
-    from pi2i import registry
+    from pi2i.publish import registry
 
     reg, a, b = registry_two_versions
     svc = FakeService(reg, broken=True)
@@ -248,7 +248,7 @@ def test_local_rollout_rolls_back_when_unhealthy(registry_two_versions):
 
 
 def test_local_rollout_without_service_only_promotes(registry_two_versions):
-    from pi2i import registry
+    from pi2i.publish import registry
 
     reg, _, b = registry_two_versions
     assert rollout_local(reg, b)["service"] is None
@@ -256,7 +256,7 @@ def test_local_rollout_without_service_only_promotes(registry_two_versions):
 
 
 def test_local_rollout_unreachable_service_fails_and_restores(registry_two_versions):
-    from pi2i import registry
+    from pi2i.publish import registry
 
     reg, a, b = registry_two_versions
     with pytest.raises(RolloutError, match="rolled back"):
@@ -265,7 +265,7 @@ def test_local_rollout_unreachable_service_fails_and_restores(registry_two_versi
 
 
 def test_kubernetes_rollout_moves_registry_and_restores_it(registry_two_versions):
-    from pi2i import registry
+    from pi2i.publish import registry
 
     reg, a, b = registry_two_versions
     ok = FakeAppsApi(dep(version=a), {b: [dep(gen=3, observed=3, version=b)]})

@@ -25,8 +25,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pi2i import registry as reg
-from pi2i.history import InMemoryHistoryStore
+from pi2i.publish import registry as reg
+from pi2i.online.history import InMemoryHistoryStore
 
 PI2I = str(Path(sys.executable).parent / "pi2i")
 START_TIMEOUT_S = 90
@@ -45,10 +45,10 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """tiny synthetic data -> Swing -> PRS samples -> 1 short epoch: a real, self-contained model dir."""
     from pi2i.config import load_config
     from pi2i.contracts import read_events, write_parquet
-    from pi2i.sampling import build_samples
-    from pi2i.swing import build_swing
-    from pi2i.synthetic import generate_preset
-    from pi2i.train import train
+    from pi2i.prs.sampling import build_samples
+    from pi2i.ibs.swing import build_swing
+    from pi2i.data.synthetic import generate_preset
+    from pi2i.prs.train import train
 
     root = tmp_path_factory.mktemp("serving-model")
     data = root / "data"
@@ -401,7 +401,7 @@ def test_history_store_seed_append_reseed() -> None:
 
 
 def test_cached_rec_roundtrip() -> None:
-    from pi2i.online import CachedRec, fingerprint
+    from pi2i.online.runtime import CachedRec, fingerprint
 
     c = CachedRec(fingerprint(np.array([1, 2]), np.array([3, 4])), np.array([7, 8, 9]),
                   np.array([0.5, 0.25, 0.0], np.float32), np.array([0, 2, 3, 3]), np.array([1, 2, 2]), 40, 2, 1.5)
@@ -414,8 +414,8 @@ def test_cached_rec_roundtrip() -> None:
 def test_feast_history_store_drives_recommendations(built, tmp_path: Path) -> None:
     """``--feature-repo``: histories come from Feast's online store and clicks are pushed to it."""
     from pi2i.config import ServingConfig
-    from pi2i.features import FeastHistoryStore, ingest
-    from pi2i.online import OnlineRecommender, make_history_store
+    from pi2i.data.features import FeastHistoryStore, ingest
+    from pi2i.online.runtime import OnlineRecommender, make_history_store
 
     repo_template = Path(__file__).resolve().parents[1] / "feature_repo"
     out = ingest(str(Path(built["root"]) / "data"), str(repo_template), work_dir=str(tmp_path / "feast"))
@@ -447,7 +447,7 @@ def test_feast_history_store_drives_recommendations(built, tmp_path: Path) -> No
 def test_startup_on_corrupt_current_is_not_ready(built, tmp_path: Path) -> None:
     """A live version that fails verification at startup is refused: not ready, 503s, the reason reported."""
     from pi2i.config import ServingConfig
-    from pi2i.online import OnlineRecommender, Unavailable
+    from pi2i.online.runtime import OnlineRecommender, Unavailable
 
     registry = str(tmp_path / "registry")
     v = reg.publish(registry, built["i2i"], built["model"])

@@ -13,8 +13,8 @@ import pyarrow as pa
 import pytest
 
 from pi2i.contracts import EVENTS_SCHEMA, ContractError, read_events, write_parquet
-from pi2i.split import split
-from pi2i.synthetic import generate_preset
+from pi2i.data.split import split
+from pi2i.data.synthetic import generate_preset
 
 PI2I = Path(sys.executable).parent / "pi2i"
 SHARED = Path(__file__).resolve().parents[2] / "shared"

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from pi2i.config import SwingConfig
 from pi2i.contracts import EVENTS_SCHEMA, I2I_SCHEMA
-from pi2i.swing import build_swing
+from pi2i.ibs.swing import build_swing
 
 BASE_US = 1_700_000_000_000_000
 
@@ -175,7 +175,7 @@ def test_max_users_per_item_deterministic_sample():
 
 def test_user_sample_semantics_vs_bruteforce():
     """With the user cap, pairs come from the sampled U_i ∩ U_j, while |I_u ∩ I_v| and w_u use the full I_u."""
-    from pi2i.swing import prepare_graph
+    from pi2i.ibs.swing import prepare_graph
 
     rng = np.random.default_rng(5)
     rows = [(int(u), int(i), int(t)) for u, i, t in zip(rng.integers(0, 40, 400), rng.integers(0, 12, 400),
@@ -252,7 +252,7 @@ def test_workers_identical(ray_local):
 
 def test_chunking_identical():
     """Output does not depend on how triggers are batched/chunked across threads."""
-    from pi2i.swing import _rows, prepare_graph
+    from pi2i.ibs.swing import _rows, prepare_graph
 
     ev = _random_events(11, 300, 200, 6000)
     cfg = SwingConfig(top_t=15)
@@ -328,7 +328,7 @@ def brute_sweep(train_rows, test_rows, table: pa.Table, ladder, L):
 
 
 def test_sweep_matches_bruteforce():
-    from pi2i.sweep import sweep
+    from pi2i.ibs.sweep import sweep
 
     rng = np.random.default_rng(2)
     n = 3000
@@ -338,7 +338,7 @@ def test_sweep_matches_bruteforce():
     test = [r for r in rows if r[2] >= 2500]
     i2i, _ = build_swing(make_events(train), SwingConfig(top_t=40))
     max_len = max(len(r) for r in rows_of(i2i).values())
-    from pi2i.sweep import sweep_summary
+    from pi2i.ibs.sweep import sweep_summary
 
     table = sweep(make_events(train), make_events(test), i2i, t_ladder=[1, 3, 10, 1000], num_triggers=4)
     summary = sweep_summary(table)

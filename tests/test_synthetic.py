@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pi2i.contracts import EVENTS_SCHEMA, read_events
-from pi2i.synthetic import PRESETS, generate, generate_preset, preset_params
+from pi2i.data.synthetic import PRESETS, generate, generate_preset, preset_params
 
 PI2I = Path(sys.executable).parent / "pi2i"
 FILES = ("events.parquet", "items.parquet", "users.parquet")
@@ -190,7 +190,7 @@ def test_cli_generate_contract(tmp_path):
 
 
 def test_guide_table_lookup_equals_searchsorted():
-    from pi2i.synthetic import _Cdf
+    from pi2i.data.synthetic import _Cdf
 
     rng = np.random.default_rng(0)
     for w in (np.arange(1, 5001) ** -1.3, rng.random(777) + 1e-9, np.ones(3)):

@@ -8,10 +8,10 @@ from components.image import PINNED_IMAGE
 @dsl.component(base_image=PINNED_IMAGE, install_kfp_package=False)
 def deploy(version: str, registry_uri: str, target: str, service_url: str, namespace: str,
            deployment: str) -> str:
-    """``pi2i.rollout``: promote + verify, rolling back (and failing the run) when the new version is unhealthy."""
+    """``pi2i.cluster.rollout``: promote + verify, rolling back (and failing the run) when the new version is unhealthy."""
     import json
 
-    from pi2i import rollout
+    from pi2i.cluster import rollout
 
     if target == "local":
         result = rollout.rollout_local(registry_uri, version, service_url or None)

@@ -9,18 +9,18 @@ from components.image import PINNED_IMAGE
 @dsl.component(base_image=PINNED_IMAGE, install_kfp_package=False)
 def evaluate(train: Input[Dataset], test: Input[Dataset], i2i: Input[Dataset], model: Input[Model], config: dict,
              registry_uri: str, metrics: Output[Metrics], report: Output[Artifact]) -> bool:
-    """``pi2i.evaluate.evaluate`` against the live version's metrics (if any); the gate verdict is the single
+    """``pi2i.evaluation.evaluate.evaluate`` against the live version's metrics (if any); the gate verdict is the single
     output (what ``dsl.If`` tests; kfp.local resolves only a task's ``Output`` in conditions) and every number
     is logged as a KFP metric; the verdict's reason is on the report artifact and in its metrics.json."""
     from components._common import flat_metrics
     from pi2i.config import parse_config
     from pi2i.contracts import exists, join, read_json
-    from pi2i.evaluate import evaluate as do_evaluate
+    from pi2i.evaluation.evaluate import evaluate as do_evaluate
 
     cfg = parse_config(config)
     live, cur = None, None
     if registry_uri:
-        from pi2i import registry
+        from pi2i.publish import registry
 
         if exists(registry_uri):
             cur = registry.current(registry_uri)

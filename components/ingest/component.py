@@ -9,7 +9,7 @@ from components.image import PINNED_IMAGE
 @dsl.component(base_image=PINNED_IMAGE, install_kfp_package=False)
 def ingest(run_date: str, data_uri: str, feature_repo: str, feature_store_yaml: str, data: Output[Dataset],
            features: Output[Artifact], stats: Output[Metrics]):
-    """Copy ``data_uri`` (a data dir of the contract) into ``data`` and run ``pi2i.features.ingest`` on it.
+    """Copy ``data_uri`` (a data dir of the contract) into ``data`` and run ``pi2i.data.features.ingest`` on it.
 
     ``run_date`` is an input so KFP's cache key changes every day. ``feature_repo`` is the Feast repository
     template ('' skips Feast); its working copy (offline parquet, registry, local online store) is the
@@ -24,7 +24,7 @@ def ingest(run_date: str, data_uri: str, feature_repo: str, feature_store_yaml: 
     data.metadata.update({"run_date": run_date, "source": data_uri, "files": copied})
     stats.log_metric("events", float(pq.ParquetFile(f"{data.path}/events.parquet").metadata.num_rows))
     if feature_repo:
-        from pi2i.features import ingest as feast_ingest
+        from pi2i.data.features import ingest as feast_ingest
 
         summary = feast_ingest(data.path, repo_path=feature_repo, work_dir=features.path,
                                store_yaml=feature_store_yaml or None)

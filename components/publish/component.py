@@ -8,10 +8,10 @@ from components.image import PINNED_IMAGE
 
 @dsl.component(base_image=PINNED_IMAGE, install_kfp_package=False)
 def publish(i2i: Input[Dataset], model: Input[Model], report: Input[Artifact], registry_uri: str) -> str:
-    """``pi2i.registry.publish`` (promotion is the deploy step's job); returns the version id."""
+    """``pi2i.publish.registry.publish`` (promotion is the deploy step's job); returns the version id."""
     import os
 
-    from pi2i import registry
+    from pi2i.publish import registry
 
     metrics = os.path.join(report.path, "metrics.json")
     return registry.publish(registry_uri, os.path.join(i2i.path, "i2i_table.parquet"), model.path,

@@ -8,11 +8,11 @@ from components.image import PINNED_IMAGE
 
 @dsl.component(base_image=PINNED_IMAGE, install_kfp_package=False)
 def samples(train: Input[Dataset], i2i: Input[Dataset], config: dict, samples: Output[Dataset]):
-    """``pi2i.sampling.build_samples`` from the training clicks and the i2i table."""
+    """``pi2i.prs.sampling.build_samples`` from the training clicks and the i2i table."""
     import os
 
     from pi2i.config import parse_config
-    from pi2i.sampling import build_samples
+    from pi2i.prs.sampling import build_samples
 
     cfg = parse_config(config)
     items = os.path.join(train.path, "items.parquet")

@@ -8,12 +8,12 @@ from components.image import PINNED_IMAGE
 
 @dsl.component(base_image=PINNED_IMAGE, install_kfp_package=False)
 def split(data: Input[Dataset], config: dict, train: Output[Dataset], test: Output[Dataset]):
-    """``pi2i.split.split`` on ``data`` with ``data.test_days`` from the config; train/test become artifacts."""
+    """``pi2i.data.split.split`` on ``data`` with ``data.test_days`` from the config; train/test become artifacts."""
     import os
 
     from components._common import move_into, scratch_dir
     from pi2i.config import parse_config
-    from pi2i.split import split as do_split
+    from pi2i.data.split import split as do_split
 
     cfg = parse_config(config)
     tmp = scratch_dir(train.path)

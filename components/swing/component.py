@@ -9,7 +9,7 @@ from components.image import PINNED_IMAGE
 @dsl.component(base_image=PINNED_IMAGE, install_kfp_package=False)
 def swing(train: Input[Dataset], config: dict, compute: str, namespace: str, staging_uri: str, run_id: str,
           i2i: Output[Dataset]):
-    """``pi2i.swing.run_swing`` over ``train/events.parquet`` into ``i2i/i2i_table.parquet`` (+ stats json)."""
+    """``pi2i.ibs.swing.run_swing`` over ``train/events.parquet`` into ``i2i/i2i_table.parquet`` (+ stats json)."""
     import json
     import os
 
@@ -23,7 +23,7 @@ def swing(train: Input[Dataset], config: dict, compute: str, namespace: str, sta
     remote_out = join(staging_uri or "", run_id, "swing")
 
     def local():
-        from pi2i.swing import run_swing
+        from pi2i.ibs.swing import run_swing
 
         return run_swing(os.path.join(train.path, "events.parquet"), out, cfg.swing, cfg.swing.workers)
 

@@ -9,7 +9,7 @@ from components.image import PINNED_IMAGE
 @dsl.component(base_image=PINNED_IMAGE, install_kfp_package=False)
 def train(samples: Input[Dataset], config: dict, gpus: int, accelerator: str, compute: str, namespace: str,
           staging_uri: str, run_id: str, model: Output[Model], metrics: Output[Metrics]):
-    """``pi2i.train.train`` on ``samples`` into the self-contained model dir ``model``.
+    """``pi2i.prs.train.train`` on ``samples`` into the self-contained model dir ``model``.
 
     ``gpus``/``accelerator`` mirror the task's accelerator request (set by the pipeline) so the training loop
     asks Ray Train for GPU workers exactly when the pod has them."""
@@ -23,7 +23,7 @@ def train(samples: Input[Dataset], config: dict, gpus: int, accelerator: str, co
     remote_out = join(staging_uri or "", run_id, "model")
 
     def local():
-        from pi2i.train import train as do_train
+        from pi2i.prs.train import train as do_train
 
         return do_train(samples.path, model.path, cfg, progress=False)
 

@@ -73,7 +73,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Load a real log onto the data contract; bad rows go to quarantine.parquet with a reason."""
         from pi2i.config import load_config
-        from pi2i.loaders import load
+        from pi2i.data.loaders import load
 
         overrides = {k: v for k, v in {"delimiter": delimiter, "ts_unit": ts_unit}.items() if v is not None}
         cfg = load_config(config, {"data": overrides} if overrides else None)
@@ -97,9 +97,9 @@ def register(app: typer.Typer) -> None:
         days: float | None = typer.Option(None, "--days", help="length of the time window in days"),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="progress bar"),
     ) -> None:
-        """Generate synthetic e-commerce events (see pi2i/synthetic.py for the generative story)."""
+        """Generate synthetic e-commerce events (see pi2i/data/synthetic.py for the generative story)."""
         from pi2i.cli import UserError
-        from pi2i.synthetic import PRESETS, generate, generate_preset
+        from pi2i.data.synthetic import PRESETS, generate, generate_preset
 
         opts = {k: v for k, v in {"zipf": zipf, "days": days}.items() if v is not None}
         sizes = {"users": users, "items": items, "events": events}
@@ -128,7 +128,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Temporal split: train = events before the cut; test = per user, distinct items clicked after it."""
         from pi2i.config import load_config
-        from pi2i.split import split
+        from pi2i.data.split import split
 
         cfg = load_config(config)
         if test_days is None and cut is None and fraction is None:

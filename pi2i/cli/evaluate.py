@@ -22,9 +22,9 @@ def _live_from_registry(registry: str) -> tuple[dict | None, str | None]:
     from pi2i.contracts import exists, join, read_json
 
     try:
-        from pi2i import registry as reg
+        from pi2i.publish import registry as reg
     except ImportError as e:  # the versions area not built yet
-        raise UserError(f"--registry needs pi2i.registry: {e}") from None
+        raise UserError(f"--registry needs pi2i.publish.registry: {e}") from None
     version = reg.current(registry)
     if version is None:
         return None, None
@@ -61,7 +61,7 @@ def register(app: typer.Typer) -> None:
         from pi2i.cli import UserError
         from pi2i.config import load_config
         from pi2i.contracts import exists, join, read_json
-        from pi2i.evaluate import evaluate
+        from pi2i.evaluation.evaluate import evaluate
 
         cfg = load_config(config, {"eval": {"max_users": max_users}} if max_users is not None else None)
         if live_metrics and registry:

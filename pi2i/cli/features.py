@@ -51,7 +51,7 @@ def ingest_cmd(
         raise UserError("--store-yaml needs --work-dir (the template's feature_store.yaml is never overwritten)")
     console = Console(stderr=True)
     beh = [b.strip() for b in behaviors.split(",") if b.strip()] if behaviors else list(cfg.sampling.behaviors)
-    from pi2i.features import ingest
+    from pi2i.data.features import ingest
 
     with console.status("ingesting features") as status, contextlib.redirect_stdout(sys.stderr):
         def progress(msg: str) -> None:  # Feast's own materialize log goes to stderr too: stdout = summary
@@ -86,7 +86,7 @@ def show_cmd(
 ) -> None:
     """Print the online features of a user (recent items, profile) or an item (profile, popularity)."""
     from pi2i.cli import UserError
-    from pi2i.features import feature_refs, online_features
+    from pi2i.data.features import feature_refs, online_features
 
     if (user is None) == (item is None):
         raise UserError("give exactly one of --user or --item")

@@ -96,7 +96,7 @@ def run_cmd(
         if not preset:
             raise UserError(f"no events.parquet in {data} (generate data with `pi2i data generate`, or pass "
                             f"--preset tiny|demo to generate it)")
-        from pi2i.synthetic import generate_preset
+        from pi2i.data.synthetic import generate_preset
 
         typer.echo(f"generating the {preset!r} preset into {data}", err=True)
         generate_preset(preset, str(data), seed=0)
@@ -156,13 +156,13 @@ def demo_cmd(
     preset: Annotated[str, typer.Option("--preset", help="synthetic data preset")] = "demo",
 ) -> None:
     """The whole thing on one machine: demo data -> daily pipeline (kfp.local) -> live service on localhost."""
-    from pi2i import registry as reg
+    from pi2i.publish import registry as reg
     from pi2i.cli import UserError
     from pipelines.run_local import CONFIG_PRESETS, run_local
 
     data, registry, work = out / "data", out / "registry", out / "pipeline-work"
     if not _data_ready(data):
-        from pi2i.synthetic import generate_preset
+        from pi2i.data.synthetic import generate_preset
 
         typer.echo(f"[1/3] generating the {preset!r} preset into {data}", err=True)
         generate_preset(preset, str(data), seed=0)

@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         from pi2i.cli import UserError
         from pi2i.config import load_config
         from pi2i.contracts import exists
-        from pi2i.sampling import build_samples
+        from pi2i.prs.sampling import build_samples
 
         for what, p in (("--events", events), ("--i2i", i2i)) + ((("--items", items),) if items else ()):
             if not exists(p):
@@ -60,8 +60,8 @@ def register(app: typer.Typer) -> None:
         """Train the target-attention scorer with Ray Train and write a self-contained model directory."""
         from pi2i.cli import UserError
         from pi2i.config import load_config
-        from pi2i.sampling import SAMPLES_SUBDIR
-        from pi2i.train import train
+        from pi2i.prs.sampling import SAMPLES_SUBDIR
+        from pi2i.prs.train import train
 
         if not os.path.isdir(os.path.join(samples, SAMPLES_SUBDIR)):
             raise UserError(f"--samples: {samples} is not a samples directory (run `pi2i samples` first)")

@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         if ctx.invoked_subcommand is not None:
             return
         from pi2i.cli import UserError
-        from pi2i.swing import run_swing
+        from pi2i.ibs.swing import run_swing
 
         if not events or not out:
             raise UserError("pi2i swing needs --events F and --out F (or a subcommand: sweep); see --help")
@@ -75,7 +75,7 @@ def register(app: typer.Typer) -> None:
         """Truncation study: HR of the I2I candidate pool and its size for a ladder of T (paper Fig. 4)."""
         from pi2i.cli import UserError
         from pi2i.config import load_config
-        from pi2i.sweep import run_sweep
+        from pi2i.ibs.sweep import run_sweep
 
         try:
             t_ladder = [int(x) for x in ladder.split(",") if x.strip()]

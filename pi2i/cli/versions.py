@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         promote: bool = typer.Option(False, "--promote", help="make it live (the first version always is)"),
     ) -> None:
         """Publish a new immutable version; prints its id."""
-        from pi2i import registry as reg
+        from pi2i.publish import registry as reg
 
         typer.echo(reg.publish(registry, i2i, model, metrics_uri=metrics, promote=promote))
 
@@ -40,7 +40,7 @@ def register(app: typer.Typer) -> None:
     def list_(registry: str = _REG,
               as_json: bool = typer.Option(False, "--json", help="print a JSON list")) -> None:
         """List versions, oldest first; the live one is marked with *."""
-        from pi2i import registry as reg
+        from pi2i.publish import registry as reg
 
         vs, live = reg.list_versions(registry), reg.current(registry)
         if as_json:
@@ -53,14 +53,14 @@ def register(app: typer.Typer) -> None:
     def show(registry: str = _REG,
              version: str | None = typer.Argument(None, help="version id (default: the live one)")) -> None:
         """Manifest, metrics and gate verdict of a version."""
-        from pi2i import registry as reg
+        from pi2i.publish import registry as reg
 
         _echo(reg.show(registry, version))
 
     @versions.command("promote")
     def promote(registry: str = _REG, version: str = typer.Argument(..., help="version id")) -> None:
         """Verify a version and make it live (CURRENT replaced atomically)."""
-        from pi2i import registry as reg
+        from pi2i.publish import registry as reg
 
         reg.promote(registry, version)
         typer.echo(version)
@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
     @versions.command("rollback")
     def rollback(registry: str = _REG) -> None:
         """Make the previously promoted version live again; prints it."""
-        from pi2i import registry as reg
+        from pi2i.publish import registry as reg
 
         typer.echo(reg.rollback(registry))
 
@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
     def verify(registry: str = _REG,
                version: str | None = typer.Argument(None, help="version id (default: the live one)")) -> None:
         """Re-hash every file against MANIFEST.json; exit 2 naming each mismatch."""
-        from pi2i import registry as reg
+        from pi2i.publish import registry as reg
         from pi2i.cli import UserError
 
         version = version or reg.current(registry)
@@ -95,7 +95,7 @@ def register(app: typer.Typer) -> None:
         config: str | None = typer.Option(None, "--config", help="YAML config (the serving section)"),
     ) -> None:
         """Serve the registry's live version (BentoML) on host:port until stopped."""
-        from pi2i import registry as reg
+        from pi2i.publish import registry as reg
         from pi2i.cli import UserError
         from pi2i.config import load_config
         from pi2i.contracts import exists

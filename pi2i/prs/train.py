@@ -5,7 +5,7 @@
 and in-process unless ``RAY_ADDRESS`` names a cluster.
 
 Per epoch every worker takes its shard of a seeded permutation of the training samples, builds features batch
-by batch with :meth:`pi2i.sampling.SampleSet.features` (the serving feature code), optimizes Eq. 12, then scores
+by batch with :meth:`pi2i.prs.sampling.SampleSet.features` (the serving feature code), optimizes Eq. 12, then scores
 the validation samples (a seeded, user-disjoint split): loss, HR@10 / HR@1 and MRR of the positive among its
 sample's candidates. Each epoch reports the metrics with a checkpoint holding the best weights so far (so the
 latest checkpoint is always the best); ``train.patience`` epochs without a better validation loss stop the run.
@@ -16,10 +16,9 @@ The model directory ``M`` is self-contained: ``config.json``, ``model.safetensor
 
 from __future__ import annotations
 
+import functools
 import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,9 +26,11 @@ import numpy as np
 import torch
 
 from pi2i.config import Config
-from pi2i.contracts import ITEMS_FILE, read_parquet, write_json, write_parquet
-from pi2i.model import PRSModel, Vocab, positive_rank, softmax_loss, to_tensors
-from pi2i.sampling import HISTORIES_FILE, POPULARITY_FILE, SampleSet
+from pi2i.contracts import ITEMS_FILE, join, makedirs, read_json, read_parquet, write_json, write_parquet
+from pi2i.prs.io import copy_file, read_bytes
+from pi2i.prs.io import uri as _uri
+from pi2i.prs.model import PRSModel, Vocab, positive_rank, softmax_loss, to_tensors
+from pi2i.prs.sampling import HISTORIES_FILE, POPULARITY_FILE, SampleSet
 
 CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, METRICS_FILE = (
     "config.json", "model.safetensors", "vocab.parquet", "train_metrics.json")
@@ -74,21 +75,29 @@ def _evaluate(model: PRSModel, ss: SampleSet, idx: np.ndarray, vocab: Vocab, cfg
     return out
 
 
+def _write_checkpoint(state: dict, history: list, d: str) -> None:
+    """A checkpoint: the best weights so far and the metric history."""
+    from safetensors.torch import save_file
+
+    save_file(state, os.path.join(d, WEIGHTS_FILE))
+    Path(d, HISTORY_FILE).write_text(json.dumps(history))
+
+
 def _train_loop(config: dict) -> None:
     """Runs on every Ray Train worker (or in-process for num_workers=0)."""
     import ray.train
     import ray.train.torch
-    from safetensors.torch import save_file
+
+    from pi2i.prs.launch import report_epoch, set_threads
 
     cfg = Config.model_validate(config["cfg"])
     tc = cfg.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(tc.seed)
-    if tc.torch_threads:
-        torch.set_num_threads(tc.torch_threads)
-    ss = SampleSet(config["samples_dir"])
-    vocab = Vocab.from_table(read_parquet(config["vocab_path"]), ss.info)
+    set_threads(tc.torch_threads or None)
+    ss = SampleSet(config["samples_uri"])
+    vocab = Vocab.from_table(read_parquet(config["vocab_uri"]), ss.info)
     train_idx, val_idx = split_samples(ss, tc.val_fraction, tc.seed)
     rng = np.random.default_rng(tc.seed)
     if len(val_idx) > VAL_MAX_SAMPLES:
@@ -102,7 +111,6 @@ def _train_loop(config: dict) -> None:
     net = ray.train.torch.prepare_model(model) if world > 1 else model
     opt = torch.optim.Adam(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     my_val = val_idx[rank::world]
-    ckpt_root = config["ckpt_root"]
     best, best_state, bad, history = float("inf"), None, 0, []
     for epoch in range(tc.epochs):
         t0 = time.perf_counter()
@@ -148,18 +156,11 @@ def _train_loop(config: dict) -> None:
             bad += 1
         m["best_val_loss"] = best
         history.append(m)
-        if rank == 0:
-            if config.get("progress"):
-                print(f"[train] epoch {epoch + 1}: train_loss {m['train_loss']:.4f} val_loss {m['val_loss']:.4f} "
-                      f"val_hr10 {m['val_hr10']:.4f} ({m['train_samples_per_s'] or 0:.0f} samples/s)", flush=True)
-            d = os.path.join(ckpt_root, f"epoch-{epoch + 1:03d}")
-            os.makedirs(d, exist_ok=True)
-            save_file(best_state, os.path.join(d, WEIGHTS_FILE))  # the best weights so far
-            with open(os.path.join(d, HISTORY_FILE), "w") as f:
-                json.dump(history, f)
-            ray.train.report(m, checkpoint=ray.train.Checkpoint.from_directory(d))
-        else:
-            ray.train.report(m)
+        if rank == 0 and config.get("progress"):
+            print(f"[train] epoch {epoch + 1}: train_loss {m['train_loss']:.4f} val_loss {m['val_loss']:.4f} "
+                  f"val_hr10 {m['val_hr10']:.4f} ({m['train_samples_per_s'] or 0:.0f} samples/s)", flush=True)
+
+        report_epoch(m, functools.partial(_write_checkpoint, best_state, history))
         if tc.patience and bad >= tc.patience:
             break
 
@@ -167,8 +168,7 @@ def _train_loop(config: dict) -> None:
 def train(samples_dir: str, out_dir: str, cfg: Config, progress: bool = True) -> dict:
     """Train the scorer on a samples directory through Ray Train and write the model directory ``out_dir``.
     Returns the metrics also written to ``train_metrics.json``."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+    from pi2i.prs.launch import cleanup_local_checkpoints, run_ray_train
 
     t0 = time.perf_counter()
     ss = SampleSet(samples_dir)
@@ -183,55 +183,37 @@ def train(samples_dir: str, out_dir: str, cfg: Config, progress: bool = True) ->
     clicked = np.asarray(ss.clicks.items)[np.repeat(ptr[train_users], lens) + (
         np.arange(lens.sum()) - np.repeat(np.concatenate([[0], np.cumsum(lens)[:-1]]), lens))]
     vocab = Vocab.build(clicked, ss.info, cfg.model.vocab_min_count)
-    os.makedirs(out_dir, exist_ok=True)
-    vocab_path = os.path.join(out_dir, VOCAB_FILE)
+    makedirs(out_dir)
+    vocab_path = join(out_dir, VOCAB_FILE)
     write_parquet(vocab.to_table(), vocab_path)
     for f in (ITEMS_FILE, POPULARITY_FILE, HISTORIES_FILE):
-        shutil.copyfile(os.path.join(samples_dir, f), os.path.join(out_dir, f))
+        copy_file(join(samples_dir, f), join(out_dir, f))
 
-    name = f"prs-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    storage = tc.storage_path or os.path.join(tempfile.gettempdir(), "pi2i-ray-train")
-    local_storage = "://" not in storage
-    if local_storage:
-        storage = os.path.abspath(storage)
-    ckpt_root = os.path.join(storage, name, "epochs") if local_storage else tempfile.mkdtemp(prefix="pi2i-ckpt-")
-    os.makedirs(ckpt_root, exist_ok=True)
-    if tc.num_workers > 0:
-        import ray
-
-        if not ray.is_initialized():
-            ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False,
-                     log_to_driver=progress, configure_logging=False)
-    loop_cfg = {"cfg": cfg.model_dump(), "samples_dir": os.path.abspath(samples_dir), "vocab_path": vocab_path,
-                "vocab_sizes": vocab.sizes, "ckpt_root": ckpt_root, "progress": progress}
-    trainer = TorchTrainer(
-        _train_loop, train_loop_config=loop_cfg,
-        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu),
-        run_config=RunConfig(name=name, storage_path=storage, checkpoint_config=CheckpointConfig(num_to_keep=2)),
-    )
-    result = trainer.fit()
+    loop_cfg = {"cfg": cfg.model_dump(), "samples_uri": _uri(samples_dir), "vocab_uri": _uri(vocab_path),
+                "vocab_sizes": vocab.sizes, "progress": progress}
+    result = run_ray_train(_train_loop, loop_cfg, cfg, "prs")
     if result.checkpoint is None:
         raise RuntimeError("training reported no checkpoint")
     with result.checkpoint.as_directory() as d:
-        shutil.copyfile(os.path.join(d, WEIGHTS_FILE), os.path.join(out_dir, WEIGHTS_FILE))
+        copy_file(os.path.join(d, WEIGHTS_FILE), join(out_dir, WEIGHTS_FILE))
         history = json.loads(Path(d, HISTORY_FILE).read_text())
+    cleanup_local_checkpoints()
     best = min(history, key=lambda m: m["val_loss"])
     model_meta = {
         "format": "pi2i-prs/1", "config": cfg.model_dump(), "vocab_sizes": vocab.sizes,
         "num_triggers": cfg.sampling.num_triggers, "seq_len": cfg.sampling.seq_len,
         "max_trigger_hits": cfg.model.max_trigger_hits, "dedup_consecutive": cfg.sampling.dedup_consecutive,
-        "samples_dir": os.path.abspath(samples_dir),
+        "samples_dir": _uri(samples_dir),
     }
-    with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
-        json.dump(model_meta, f, indent=2, sort_keys=True)
+    write_json(model_meta, join(out_dir, CONFIG_FILE))
     metrics = {
         "epochs_run": len(history), "best_epoch": best["epoch"], "best": best, "history": history,
         "train_samples": len(train_idx), "val_samples": int(min(len(val_idx), VAL_MAX_SAMPLES)),
         "vocab_sizes": vocab.sizes, "num_workers": tc.num_workers, "use_gpu": tc.use_gpu,
-        "seconds": round(time.perf_counter() - t0, 3), "ray_storage": os.path.join(storage, name),
+        "seconds": round(time.perf_counter() - t0, 3), "ray_storage": result.path,
         "stopped_early": len(history) < tc.epochs,
     }
-    write_json(metrics, os.path.join(out_dir, METRICS_FILE))
+    write_json(metrics, join(out_dir, METRICS_FILE))
     if progress:
         print(f"[train] best epoch {best['epoch']}: val_loss {best['val_loss']:.4f} val_hr10 {best['val_hr10']:.4f}"
               f" -> {out_dir}", flush=True)
@@ -240,11 +222,11 @@ def train(samples_dir: str, out_dir: str, cfg: Config, progress: bool = True) ->
 
 def load_model(model_dir: str) -> tuple[PRSModel, Config, dict]:
     """(model in eval mode, config, config.json contents) of a model directory."""
-    from safetensors.torch import load_file
+    from safetensors.torch import load as load_bytes
 
-    meta = json.loads(Path(model_dir, CONFIG_FILE).read_text())
+    meta = read_json(join(model_dir, CONFIG_FILE))
     cfg = Config.model_validate(meta["config"])
     model = build_model(cfg, meta["vocab_sizes"])
-    model.load_state_dict(load_file(os.path.join(model_dir, WEIGHTS_FILE)))
+    model.load_state_dict(load_bytes(read_bytes(join(model_dir, WEIGHTS_FILE))))
     model.eval()
     return model, cfg, meta

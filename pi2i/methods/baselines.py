@@ -25,8 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from numba import njit, prange
 
-from pi2i.i2i import I2IIndex
-from pi2i.metrics import PAD
+from pi2i.ibs.i2i import I2IIndex
+from pi2i.evaluation.metrics import PAD
 
 CSR = tuple[np.ndarray, np.ndarray]
 

@@ -66,7 +66,7 @@ from pi2i.contracts import (
     write_json,
     write_parquet,
 )
-from pi2i.loaders import QUARANTINE_SCHEMA
+from pi2i.data.loaders import QUARANTINE_SCHEMA
 
 _MAX_INTERESTS = 5  # slots 0..4 are the initial interests, slot 5 the one that drifts in
 _US = 1_000_000

@@ -9,7 +9,7 @@ the target and sampled without replacement where the pool allows (seeded, indepe
 * **easy**: from the rows of the other triggers (``sampling.easy_negatives``).
 
 Every candidate is an item of the union of the triggers' rows — the serving pool — and its features are built
-later by :func:`pi2i.candidates.featurize`, the very function serving uses, from the stored (user, position,
+later by :func:`pi2i.prs.candidates.featurize`, the very function serving uses, from the stored (user, position,
 candidates) triple. A sample therefore stores only ids; features never drift between training and serving.
 
 Samples directory layout (all written by :func:`build_samples`)::
@@ -23,7 +23,6 @@ Samples directory layout (all written by :func:`build_samples`)::
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,15 +32,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pi2i.candidates import (
-    Features,
-    ItemInfo,
-    RowLookup,
-    _last_distinct,
-    build_groups,
-    dedup_consecutive,
-    featurize,
-)
 from pi2i.config import Config
 from pi2i.contracts import (
     ITEM_SIDE_INFO,
@@ -56,7 +46,17 @@ from pi2i.contracts import (
     write_json,
     write_parquet,
 )
-from pi2i.i2i import I2IIndex
+from pi2i.ibs.i2i import I2IIndex
+from pi2i.prs.candidates import (
+    Features,
+    ItemInfo,
+    RowLookup,
+    _last_distinct,
+    build_groups,
+    dedup_consecutive,
+    featurize,
+)
+from pi2i.prs.io import load_npy, save_npy
 
 SAMPLES_SUBDIR, CLICKS_SUBDIR = "samples", "clicks"
 I2I_FILE, POPULARITY_FILE, HISTORIES_FILE, STATS_FILE, META_FILE = (
@@ -200,14 +200,12 @@ class Clicks:
         return cls(uniq.astype(np.int64), ptr, it.astype(np.int64), ts.astype(np.int64))
 
     def save(self, d: str) -> None:
-        os.makedirs(d, exist_ok=True)
         for f in ("user_ids", "user_ptr", "items", "ts"):
-            np.save(os.path.join(d, f + ".npy"), getattr(self, f))
+            save_npy(getattr(self, f), join(d, f + ".npy"))
 
     @classmethod
     def load(cls, d: str) -> Clicks:
-        return cls(*(np.load(os.path.join(d, f + ".npy"), mmap_mode="r")
-                     for f in ("user_ids", "user_ptr", "items", "ts")))
+        return cls(*(load_npy(join(d, f + ".npy")) for f in ("user_ids", "user_ptr", "items", "ts")))
 
     def histories(self, n: int) -> pa.Table:
         """The last ``n`` clicks per user, oldest first (``histories.parquet`` of the contract)."""
@@ -285,13 +283,12 @@ def build_samples(events_uri: str, i2i_uri: str, out_dir: str, cfg: Config, item
 
     makedirs(out_dir)
     sdir = join(out_dir, SAMPLES_SUBDIR)
-    os.makedirs(sdir, exist_ok=True)
-    np.save(os.path.join(sdir, "user.npy"), user_of[kept])
-    np.save(os.path.join(sdir, "pos.npy"), pos_t[kept].astype(np.int64))
+    save_npy(user_of[kept], join(sdir, "user.npy"))
+    save_npy(pos_t[kept].astype(np.int64), join(sdir, "pos.npy"))
     out_c = cands[kept]
     if out_c.size and out_c.max() < np.iinfo(np.int32).max:  # halves the largest file when ids fit
         out_c = out_c.astype(np.int32)
-    np.save(os.path.join(sdir, "cands.npy"), out_c)
+    save_npy(out_c, join(sdir, "cands.npy"))
     clicks.save(join(out_dir, CLICKS_SUBDIR))
     write_parquet(index.to_table(), join(out_dir, I2I_FILE))
     write_parquet(items_table(items_uri, events_uri, clicks), join(out_dir, ITEMS_FILE))
@@ -324,16 +321,16 @@ def build_samples(events_uri: str, i2i_uri: str, out_dir: str, cfg: Config, item
 # --------------------------------------------------------------------------------------------- reading back
 class SampleSet:
     """A samples directory opened for training: ids memory-mapped, features built per batch by
-    :func:`pi2i.candidates.featurize` (the serving path)."""
+    :func:`pi2i.prs.candidates.featurize` (the serving path)."""
 
     def __init__(self, samples_dir: str):
         self.dir = samples_dir
-        sdir = os.path.join(samples_dir, SAMPLES_SUBDIR)
-        self.user = np.load(os.path.join(sdir, "user.npy"), mmap_mode="r")
-        self.pos = np.load(os.path.join(sdir, "pos.npy"), mmap_mode="r")
-        self.cands = np.load(os.path.join(sdir, "cands.npy"), mmap_mode="r")
-        self.clicks = Clicks.load(os.path.join(samples_dir, CLICKS_SUBDIR))
-        self.meta = read_json(os.path.join(samples_dir, META_FILE))
+        sdir = join(samples_dir, SAMPLES_SUBDIR)
+        self.user = load_npy(join(sdir, "user.npy"))
+        self.pos = load_npy(join(sdir, "pos.npy"))
+        self.cands = load_npy(join(sdir, "cands.npy"))
+        self.clicks = Clicks.load(join(samples_dir, CLICKS_SUBDIR))
+        self.meta = read_json(join(samples_dir, META_FILE))
         self._lookup: RowLookup | None = None
         self._info: ItemInfo | None = None
 
@@ -343,13 +340,13 @@ class SampleSet:
     @property
     def lookup(self) -> RowLookup:
         if self._lookup is None:
-            self._lookup = RowLookup.build(I2IIndex.load(os.path.join(self.dir, I2I_FILE)))
+            self._lookup = RowLookup.build(I2IIndex.load(join(self.dir, I2I_FILE)))
         return self._lookup
 
     @property
     def info(self) -> ItemInfo:
         if self._info is None:
-            self._info = ItemInfo.from_table(read_parquet(os.path.join(self.dir, ITEMS_FILE)))
+            self._info = ItemInfo.from_table(read_parquet(join(self.dir, ITEMS_FILE)))
         return self._info
 
     def features(self, idx: np.ndarray, num_triggers: int, seq_len: int, max_hits: int) -> Features:

@@ -29,13 +29,13 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from pi2i import registry as reg
+from pi2i.publish import registry as reg
 from pi2i.config import ServingConfig
 from pi2i.contracts import exists, join, read_json, read_parquet
-from pi2i.history import HistoryStore, InMemoryHistoryStore, load_histories
-from pi2i.i2i import I2IIndex
+from pi2i.online.history import HistoryStore, InMemoryHistoryStore, load_histories
+from pi2i.ibs.i2i import I2IIndex
 
-log = logging.getLogger("pi2i.online")
+log = logging.getLogger("pi2i.online.runtime")
 
 INT64_MAX = 2**63 - 1
 
@@ -67,7 +67,7 @@ class LoadedVersion:
 
     version: str
     path: str
-    scorer: Any  # pi2i.scoring.Scorer
+    scorer: Any  # pi2i.prs.scoring.Scorer
     i2i: I2IIndex
     popularity: np.ndarray  # item ids, most popular first
     catalog: np.ndarray  # sorted item ids the version knows (i2i triggers and targets, items, popularity)
@@ -83,7 +83,7 @@ class LoadedVersion:
 
 def load_version(registry: str, version: str, verify: bool = True) -> LoadedVersion:
     """Verify (sha256 manifest), load the i2i index and the scorer, and warm them with one inference."""
-    from pi2i.scoring import Scorer  # the one scoring path shared with evaluation
+    from pi2i.prs.scoring import Scorer  # the one scoring path shared with evaluation
 
     t0 = time.perf_counter()
     if verify:
@@ -546,7 +546,7 @@ def make_history_store(cfg: ServingConfig, feature_repo: str | None) -> HistoryS
     """Feast-backed store when a feature repo is given, else None (the recommender seeds an in-memory one)."""
     if not feature_repo:
         return None
-    from pi2i.features import FeastHistoryStore
+    from pi2i.data.features import FeastHistoryStore
 
     return FeastHistoryStore(feature_repo)
 

@@ -135,7 +135,7 @@ def _side_summary(events: pa.Table, cut_us: int, side: str, extra: dict) -> dict
 def split(data_dir: str, out_dir: str, test_days: float | None = None, cut=None,
           fraction: float | None = None) -> dict:
     """Write ``out_dir/train`` and ``out_dir/test`` from ``data_dir``; returns the combined summary."""
-    from pi2i.loaders import QUARANTINE_SCHEMA
+    from pi2i.data.loaders import QUARANTINE_SCHEMA
 
     events = read_events(join(data_dir, EVENTS_FILE))
     ts = events.column("ts").cast(pa.int64()).to_numpy()

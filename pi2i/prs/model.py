@@ -29,8 +29,15 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from pi2i.candidates import CROSS_FEATURES, HIT_FEATURES, PROFILE_FEATURES, SIDE_FIELDS, Features, ItemInfo
 from pi2i.config import ModelConfig
+from pi2i.prs.candidates import (
+    CROSS_FEATURES,
+    HIT_FEATURES,
+    PROFILE_FEATURES,
+    SIDE_FIELDS,
+    Features,
+    ItemInfo,
+)
 
 PAD, OOV = 0, 1
 NUM_FIELDS = 1 + len(SIDE_FIELDS)

@@ -163,7 +163,7 @@ def rollout_kubernetes(
     previous = deployed_version(read(), container)
     reg_previous = None
     if registry is not None:
-        from pi2i import registry as reg
+        from pi2i.publish import registry as reg
 
         reg_previous = reg.current(registry)
         if reg_previous != version:
@@ -231,7 +231,7 @@ def rollout_local(registry: str, version: str, service_url: str | None = None, t
     On failure the registry goes back to the previous version (and the service is told to reload it)."""
     import httpx
 
-    from pi2i import registry as reg
+    from pi2i.publish import registry as reg
 
     http = http or httpx
     previous = reg.current(registry)

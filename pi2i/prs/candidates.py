@@ -17,7 +17,7 @@ A candidate's features depend only on the group and the candidate itself — nev
 scored beside it — so a candidate sampled for training and the same candidate in the serving pool get
 bit-identical inputs (``tests/test_prs_features.py`` checks it). Serving candidates are the union of the
 triggers' rows (:func:`candidate_union`); training picks the positive and sampled negatives from that same union
-(:mod:`pi2i.sampling`).
+(:mod:`pi2i.prs.sampling`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import numba as nb
 import numpy as np
 import pyarrow as pa
 
-from pi2i.i2i import I2IIndex
+from pi2i.ibs.i2i import I2IIndex
 
 #: Per-hit dense inputs of the multi-value trigger feature.
 HIT_FEATURES: tuple[str, ...] = ("score", "rel_score", "log_rank", "pos", "log_age_h")

@@ -1,7 +1,7 @@
 """Candidate scoring (PI2I §3.2.4): ONE function path shared by evaluation and serving.
 
 history → triggers (last L distinct clicks) → candidates = union of the triggers' i2i rows (minus ``exclude``)
-→ features (:func:`pi2i.candidates.featurize`, the training feature code) → batched model scores → top-K, each
+→ features (:func:`pi2i.prs.candidates.featurize`, the training feature code) → batched model scores → top-K, each
 item with the triggers whose row retrieved it (the explanation).
 
 :meth:`Scorer.recommend_many` scores many users at once: users are sorted by pool size and packed into chunks of
@@ -12,17 +12,16 @@ see :func:`pad_with_popularity`.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from pi2i.candidates import Groups, ItemInfo, RowLookup, candidate_union, featurize, serving_groups
-from pi2i.contracts import ITEMS_FILE, read_parquet
-from pi2i.i2i import I2IIndex
-from pi2i.model import Vocab, to_tensors
-from pi2i.sampling import POPULARITY_FILE
+from pi2i.contracts import ITEMS_FILE, join, read_parquet
+from pi2i.ibs.i2i import I2IIndex
+from pi2i.prs.candidates import Groups, ItemInfo, RowLookup, candidate_union, featurize, serving_groups
+from pi2i.prs.model import Vocab, to_tensors
+from pi2i.prs.sampling import POPULARITY_FILE
 
 
 @dataclass
@@ -54,12 +53,12 @@ class Scorer:
 
     @classmethod
     def load(cls, model_dir: str, i2i: I2IIndex) -> Scorer:
-        from pi2i.train import VOCAB_FILE, load_model
+        from pi2i.prs.train import VOCAB_FILE, load_model
 
         model, cfg, meta = load_model(model_dir)
-        info = ItemInfo.from_table(read_parquet(os.path.join(model_dir, ITEMS_FILE)))
-        vocab = Vocab.from_table(read_parquet(os.path.join(model_dir, VOCAB_FILE)), info)
-        pop = read_parquet(os.path.join(model_dir, POPULARITY_FILE)).column("item_id").to_numpy().astype(np.int64)
+        info = ItemInfo.from_table(read_parquet(join(model_dir, ITEMS_FILE)))
+        vocab = Vocab.from_table(read_parquet(join(model_dir, VOCAB_FILE)), info)
+        pop = read_parquet(join(model_dir, POPULARITY_FILE)).column("item_id").to_numpy().astype(np.int64)
         return cls(model, cfg, meta, vocab, RowLookup.build(i2i), info, pop)
 
     # ----------------------------------------------------------------------------------------- public API

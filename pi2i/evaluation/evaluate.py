@@ -8,7 +8,7 @@ Protocol (paper §3.1 Eq. 5, §4.2; DESIGN.md "Evaluation gate"):
   (test split); their test set is the distinct items clicked after the cut. ``eval.max_users > 0`` evaluates a seeded sample of them. Every method sees exactly these users.
 * **History**: from the train split's clicks, the last ``max(sampling.seq_len, serving.history_len)`` clicks,
   oldest first, back-to-back repeats collapsed when ``sampling.dedup_consecutive`` (as the sampler does) —
-  what :class:`pi2i.scoring.Scorer` receives (it takes the last ``sampling.num_triggers``
+  what :class:`pi2i.prs.scoring.Scorer` receives (it takes the last ``sampling.num_triggers``
   distinct ones as triggers and the last ``seq_len`` as the sequence). The classic Swing baseline uses the same
   triggers: the last ``sampling.num_triggers`` distinct clicks of that history.
 * **Seen-item policy** (``eval.exclude_seen``, default on): the items of that history window are excluded from
@@ -22,7 +22,7 @@ Protocol (paper §3.1 Eq. 5, §4.2; DESIGN.md "Evaluation gate"):
   No list is padded with popular items (serving's cold-user fallback is not evaluated here): each method is
   scored on what it retrieves, so ``pi2i`` and ``swing_relaxed`` never exceed ``swing_pool``.
 * **K ladder**: ``eval.ks`` capped at the train catalog size (the longest list any method — popularity — can
-  produce); see :func:`pi2i.metrics.k_ladder`.
+  produce); see :func:`pi2i.evaluation.metrics.k_ladder`.
 
 Writes ``metrics.json`` (``{"methods": {name: {"hr": {"K": v}, ...}}, "gate": {...}, ...}``), ``report.html``
 and ``report.md`` into ``out_dir``.
@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pi2i import baselines as bl
+from pi2i.methods import baselines as bl
 from pi2i.config import Config
 from pi2i.contracts import (
     EVENTS_FILE,
@@ -54,8 +54,8 @@ from pi2i.contracts import (
     read_parquet,
     write_json,
 )
-from pi2i.i2i import I2IIndex
-from pi2i.metrics import PAD, MetricAccumulator, csr_from_pairs, k_ladder, pad_lists
+from pi2i.ibs.i2i import I2IIndex
+from pi2i.evaluation.metrics import PAD, MetricAccumulator, csr_from_pairs, k_ladder, pad_lists
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +222,8 @@ def evaluate(train_dir: str, test_dir: str, i2i_uri: str, model_dir: str | None,
              live_metrics: dict | None = None, sweep: Any = None, ablations: dict[str, str] | None = None,
              samples_stats: dict | None = None, live_version: str | None = None) -> dict:
     """Evaluate every method on the same test users; write metrics.json, report.html, report.md; return metrics."""
-    from pi2i import gate as gate_mod
-    from pi2i import report as report_mod
+    from pi2i.evaluation import gate as gate_mod
+    from pi2i.evaluation import report as report_mod
 
     e = cfg.eval
     t_start = time.perf_counter()
@@ -246,7 +246,7 @@ def evaluate(train_dir: str, test_dir: str, i2i_uri: str, model_dir: str | None,
     }
     scorers: dict[str, Any] = {}
     if model_dir is not None or ablations:
-        from pi2i.scoring import Scorer  # the PRS area's single scoring path (also used by serving)
+        from pi2i.prs.scoring import Scorer  # the PRS area's single scoring path (also used by serving)
 
         if model_dir is not None:
             scorers["pi2i"] = Scorer.load(model_dir, i2i)

@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 from numba import njit, prange
 
 from pi2i.contracts import BEHAVIORS
-from pi2i.i2i import I2IIndex
+from pi2i.ibs.i2i import I2IIndex
 
 DEFAULT_LADDER: tuple[int, ...] = (10, 20, 50, 100, 200, 500, 1000, 1250, 2000)
 
@@ -170,13 +170,13 @@ def sweep(train_events: pa.Table, test_events: pa.Table, i2i_table: pa.Table,
                "triggers_per_user_mean": float(lens.mean()) if n else 0.0,
                "triggers_with_row_fraction": float((trig_rows >= 0).mean()) if len(trig_rows) else 0.0,
                "exclude_history": bool(exclude_history), "rows": table.to_pylist()}
-    return table.replace_schema_metadata({b"pi2i.sweep": json.dumps(summary).encode()})
+    return table.replace_schema_metadata({b"pi2i.ibs.sweep": json.dumps(summary).encode()})
 
 
 def sweep_summary(table: pa.Table) -> dict:
     """The summary :func:`sweep` stored in the table's metadata (users, cold users, ladder, rows ...)."""
     meta = table.schema.metadata or {}
-    return json.loads(meta[b"pi2i.sweep"]) if b"pi2i.sweep" in meta else {"rows": table.to_pylist()}
+    return json.loads(meta[b"pi2i.ibs.sweep"]) if b"pi2i.ibs.sweep" in meta else {"rows": table.to_pylist()}
 
 
 def plot_sweep(table: pa.Table, path: str, title: str = "Swing truncation study") -> None:
@@ -218,7 +218,7 @@ def run_sweep(train_dir: str, test_dir: str, out_dir: str, i2i_uri: str | None =
     if i2i_uri:
         i2i = read_i2i(i2i_uri)
     else:
-        from pi2i.swing import build_swing
+        from pi2i.ibs.swing import build_swing
 
         scfg = cfg.swing.model_copy(update={"top_t": max(int(t) for t in t_ladder)})
         i2i, built = build_swing(train, scfg, workers=workers)

@@ -2,7 +2,7 @@
 
 Serving reads a user's recent clicks (oldest first) and appends each new click (paper §4.7: a click triggers
 the nearline recompute). ``InMemoryHistoryStore`` is the embedded default, seeded from the model dir's
-``histories.parquet``; ``pi2i.features.FeastHistoryStore`` implements the same protocol over Feast's online store.
+``histories.parquet``; ``pi2i.data.features.FeastHistoryStore`` implements the same protocol over Feast's online store.
 """
 
 from __future__ import annotations
