@@ -13,6 +13,7 @@ parquet), peak RSS, user pairs per second. Ray worker processes are not children
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -80,10 +81,8 @@ class _RssSampler(threading.Thread):
             # ray.init() starts the local cluster (gcs, raylet -> workers) as descendants of this process;
             # other jobs' Ray processes on the machine are not counted
             for p in me.children(recursive=True):
-                try:
+                with contextlib.suppress(psutil.Error):  # processes come and go while sampled
                     total += p.memory_info().rss
-                except Exception:  # noqa: BLE001,S110 (processes come and go while sampled)
-                    continue
             self.peak = max(self.peak, total)
             time.sleep(0.05)
 
@@ -144,7 +143,7 @@ def run_one(events: Path, workers: int, top_t: int, out: Path, timeout: float) -
     cmd = [sys.executable, __file__, "--child", "--events", str(events), "--workers", str(workers),
            "--top-t", str(top_t), "--out", str(out)]
     try:
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
     except subprocess.TimeoutExpired:
         return {"timeout": timeout}
     for line in r.stdout.splitlines():
@@ -212,21 +211,21 @@ def write_results(rows: list[dict], args: argparse.Namespace) -> None:
     lines = [
         "# Swing benchmark",
         "",
-        f"`{' '.join(['.venv/bin/python', 'benchmarks/bench_swing.py'] + sys.argv[1:])}` — "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or platform.machine()}, "
-        f"{os.cpu_count()} cores, Python {platform.python_version()}.",
+        (f"`{' '.join(['.venv/bin/python', 'benchmarks/bench_swing.py'] + sys.argv[1:])}` — "
+         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or platform.machine()}, "
+         f"{os.cpu_count()} cores, Python {platform.python_version()}."),
         "",
-        f"Exact Swing (no caps), alpha = 1, T = {args.top_t}, `swing-bench` preset (50k users, 20k items), "
-        f"{args.repeats} runs per configuration, each in a fresh process; medians reported. "
-        "`build` = `build_swing` on the in-memory events (numba kernels loaded from cache); `e2e` adds reading "
-        "the events parquet and writing the i2i parquet. Peak RSS is `ru_maxrss` of the process (for workers > 1: "
-        "the sampled peak of driver + Ray workers). `load` is the 1-minute load average during the runs: the "
-        "machine is shared (2 cores, ~7 concurrent jobs), so wall times are inflated by contention. `CPU (driver)` "
-        "is the CPU time of the building process (all its threads; for workers > 1 the Ray workers' CPU is not "
-        "in it): the load-independent measure of the work for workers = 1.",
+        (f"Exact Swing (no caps), alpha = 1, T = {args.top_t}, `swing-bench` preset (50k users, 20k items), "
+         f"{args.repeats} runs per configuration, each in a fresh process; medians reported. "
+         "`build` = `build_swing` on the in-memory events (numba kernels loaded from cache); `e2e` adds reading "
+         "the events parquet and writing the i2i parquet. Peak RSS is `ru_maxrss` of the process (for workers > "
+         "1: the sampled peak of driver + Ray workers). `load` is the 1-minute load average during the runs: the "
+         "machine is shared (2 cores, ~7 concurrent jobs), so wall times are inflated by contention. "
+         "`CPU (driver)` is the CPU time of the building process (all its threads; for workers > 1 the Ray "
+         "workers' CPU is not in it): the load-independent measure of the work for workers = 1."),
         "",
-        "| Zipf | workers | edges | user pairs | pair-item updates | build (median) | build (min) | e2e | "
-        "prepare | CPU (driver) | peak RSS | user pairs/s | rows | load |",
+        ("| Zipf | workers | edges | user pairs | pair-item updates | build (median) | build (min) | e2e | "
+         "prepare | CPU (driver) | peak RSS | user pairs/s | rows | load |"),
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:

@@ -2,6 +2,10 @@
 
 Nothing algorithmic lives here: moving directories into KFP output paths, choosing between in-process Ray
 and a KubeRay ``RayJob`` for a step, and flattening metric dicts for ``Output[Metrics].log_metric``.
+
+Artifacts go through :mod:`pi2i.contracts` (any URI). The one exception is by KFP's contract: a component's
+``Output[...].path`` is a local path in the task's container (KFP uploads it afterwards), so ``move_into`` /
+``scratch_dir`` work on local directories; what a RayJob reads or writes is always an object-store URI.
 """
 
 from __future__ import annotations
@@ -17,28 +21,10 @@ DATA_FILES = ("events.parquet", "items.parquet", "users.parquet", "summary.json"
 
 
 def copy_tree(src_uri: str, dst_dir: str, names: Sequence[str] | None = None) -> list[str]:
-    """Copy a data dir (local path or URI) into the local directory ``dst_dir``; return the names copied."""
-    import pyarrow.fs as pafs
+    """Copy a data dir (local path or URI) into ``dst_dir`` (a KFP output path); return the names copied."""
+    from pi2i.contracts import copy_tree as copy
 
-    from pi2i.contracts import resolve
-
-    fs, root = resolve(src_uri)
-    os.makedirs(dst_dir, exist_ok=True)
-    info = fs.get_file_info(root)
-    if info.type == pafs.FileType.NotFound:
-        raise FileNotFoundError(f"input not found: {src_uri}")
-    copied = []
-    for fi in fs.get_file_info(pafs.FileSelector(root, recursive=False)):
-        name = os.path.basename(fi.path)
-        if names is not None and name not in names:
-            continue
-        dst = os.path.join(dst_dir, name)
-        if fi.type == pafs.FileType.Directory:
-            pafs.copy_files(fi.path, dst, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        else:
-            pafs.copy_files(fi.path, dst, source_filesystem=fs, destination_filesystem=pafs.LocalFileSystem())
-        copied.append(name)
-    return sorted(copied)
+    return copy(src_uri, dst_dir, names)
 
 
 def move_into(src_dir: str, dst_dir: str) -> None:
@@ -75,13 +61,10 @@ def stage_config(config: dict, remote_dir: str) -> str:
     """Write the run's config overrides as YAML next to a RayJob's output, so its CLI entrypoint can read it."""
     import yaml
 
-    from pi2i.contracts import join, makedirs, resolve
+    from pi2i.contracts import join, write_text
 
-    makedirs(remote_dir)
     uri = join(remote_dir, "config.yaml")
-    fs, path = resolve(uri)
-    with fs.open_output_stream(path) as f:
-        f.write(yaml.safe_dump(config, sort_keys=True).encode())
+    write_text(yaml.safe_dump(config, sort_keys=True), uri)
     return uri
 
 
@@ -98,12 +81,13 @@ def run_ray_step(step: str, compute: str, local: Callable[[], Any], entrypoint: 
         return local()
     if compute != "rayjob":
         raise ValueError(f"compute must be 'local' or 'rayjob', got {compute!r}")
+    from components.image import PINNED_IMAGE
     from pi2i.cluster import rayjob
 
     name = rayjob.job_name(step, run_id)
     entrypoint = [a if a != "{config}" else stage_config(config or {}, out_uri) for a in entrypoint]
-    manifest = rayjob.step_manifest(step, name, list(entrypoint), namespace=namespace,
-                                    image=os.environ.get("PI2I_IMAGE", rayjob.DEFAULT_IMAGE), **shape)
+    manifest = rayjob.step_manifest(step, name, list(entrypoint), os.environ.get("PI2I_IMAGE", PINNED_IMAGE),
+                                    namespace=namespace, **shape)
     status = (runner or rayjob.run_rayjob)(manifest)
     copy_tree(out_uri, out_dir)
     return status

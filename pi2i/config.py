@@ -33,6 +33,8 @@ class DataConfig(_Section):
     min_ts: str = Field("1995-01-01T00:00:00Z", description="events before this are quarantined "
                         "(MovieLens 100k starts in 1997)")
     max_ts: str = Field("2100-01-01T00:00:00Z", description="events after this are quarantined")
+    max_future_skew_s: float = Field(86_400.0, ge=0, description="events later than the load time plus this many "
+                                     "seconds are quarantined as future_ts (a clock error would move the split)")
     test_days: float = Field(1.0, gt=0, description="temporal split: the last N days are the test period")
     delimiter: str | None = Field(None, min_length=1, description="csv format: field delimiter (default ',')")
     ts_unit: Literal["auto", "s", "ms", "us", "iso"] = Field(
@@ -49,6 +51,8 @@ class SwingConfig(_Section):
     max_users_per_item: int = Field(0, ge=0, description="deterministic seeded sample; 0 = no cap")
     workers: int = Field(1, ge=1, description="Ray tasks sharing the trigger range")
     seed: int = 0
+    include_synthetic: bool = Field(True, description="also count rows of behaviour 'synthetic' (LLM-I2I "
+                                    "augmentation, present only in augmented events) as clicks")
 
     _known_behaviors = field_validator("behaviors")(_check_behaviors)
 
@@ -100,12 +104,25 @@ class EvalConfig(_Section):
     ks: list[int] = Field(default_factory=lambda: [20, 50, 100, 200, 500, 1000, 2000, 4000], min_length=1)
     classic_truncation: int = Field(50, ge=1, description="uniform per-trigger cut of classic Swing I2I")
     gate_k: int = Field(100, ge=1, description="K at which the gate compares methods")
-    gate_tolerance: float = Field(0.01, ge=0, description="allowed relative drop vs the live version")
+    gate_method: str = Field("pi2i", min_length=1, description="the candidate method the gate decides on")
+    gate_tolerance: float = Field(0.01, ge=0, description="allowed relative drop vs the live version re-scored "
+                                  "on the same users: mean paired HR difference >= -tolerance * live HR")
     max_users: int = Field(0, ge=0, description="evaluate a seeded sample of test users; 0 = all")
-    exclude_seen: bool = Field(True, description="no method recommends items of the user's history window; "
-                               "those items are removed from the user's test set too")
+    exclude_seen: Literal["all", "window", "none"] = Field(
+        "all", description="items no method may recommend, also removed from the user's test set: all = every "
+        "train click of the user; window = the last max(sampling.seq_len, serving.history_len) clicks; none")
+    tail_head_share: float = Field(0.8, gt=0, le=1, description="long tail for tail_hr: items outside the "
+                                   "most clicked tail_head_share of the train catalog (0.8: the bottom 20%)")
+    relevance_recent: int = Field(5, ge=1, description="relevance@K: a retrieved item is relevant when its "
+                                  "category is one of the user's last N distinct clicked items'")
     chunk_users: int = Field(2000, ge=1, description="users per evaluation chunk (bounds memory)")
     seed: int = 0
+
+    @field_validator("exclude_seen", mode="before")
+    @classmethod
+    def _legacy_bool(cls, v: object) -> object:
+        """The former boolean: true meant the history window, false nothing."""
+        return {True: "window", False: "none"}.get(v, v) if isinstance(v, bool) else v
 
 
 class ServingConfig(_Section):
@@ -125,6 +142,119 @@ class ServingConfig(_Section):
     max_body_bytes: int = Field(65_536, ge=256, description="larger request bodies get 413")
     accept_unknown_items: bool = Field(False, description="accept /events for items the live version lacks")
     workers: int = Field(1, ge=1, description="server processes; >1 needs redis_url and a Feast history store")
+    max_concurrency: int = Field(64, ge=1, description="requests computed at once per worker (after their body "
+                                 "is read); more get 429 + Retry-After")
+    body_timeout_s: float = Field(5.0, gt=0, description="a request body not fully received within this gets 408")
+    max_body_readers: int = Field(2048, ge=1, description="requests whose body is still arriving; more get 503")
+    timeout_keep_alive_s: int = Field(5, ge=1, description="idle keep-alive connections are closed after this")
+    read_auth: bool = Field(False, description="/recommend, /similar, /metrics and /version need a token too "
+                            "(PI2I_READ_TOKEN, or the write/admin token)")
+    max_clock_skew_s: float = Field(300.0, ge=0, description="/events ts at most this far ahead of the server")
+    max_pending_recomputes: int = Field(10_000, ge=1, description="users waiting for a nearline recompute; "
+                                        "clicks of further users get 429")
+    online_users_max: int = Field(100_000, ge=1, description="users whose online clicks are kept (LRU)")
+    retry_after_s: float = Field(1.0, ge=0, description="Retry-After of a 429/503")
+    prewarm_users: int = Field(2000, ge=0, description="recently active users pre-computed before a swap")
+    prewarm_s: float = Field(15.0, ge=0, description="time budget of the pre-warm before a swap")
+
+
+class EaseConfig(_Section):
+    lambda_: float = Field(200.0, gt=0, description="L2 weight λ of P = (XᵀX + λI)⁻¹ (Steck 2019)")
+    max_items: int = Field(20_000, ge=1, description="refuse catalogs larger than this (dense n×n float32)")
+    why_top: int = Field(5, ge=1, description="history items listed as the reason of each recommendation")
+
+
+class PDNConfig(_Section):
+    embed_dim: int = Field(16, ge=2, description="per one-hot feature; a field is the concat of its features")
+    hidden: list[int] = Field(default_factory=lambda: [64, 32], min_length=1, description="TrigNet/SimNet MLPs")
+    direct_dim: int = Field(32, ge=2, description="k: width of p_u and q_i of the direct net (Eq. 11)")
+    direct_net: bool = Field(True, description="ablation switch: False drops the direct path (Eq. 11)")
+    bias_net: bool = Field(True, description="ablation switch: False drops the training-only bias net (Eq. 12)")
+    loss: Literal["bce", "softmax"] = Field("bce", description="bce: Eq. 13 per candidate (paper); softmax: "
+                                            "cross-entropy of the positive against its negatives (as PI2I)")
+    score_buckets: int = Field(32, ge=2, description="quantile buckets of the Swing score in c_ji")
+    vocab_min_count: int = Field(2, ge=1, description="items clicked fewer times share the OOV id embedding")
+    top_m: int = Field(20, ge=1, description="§5.1 step 2: triggers kept by TrigNet at retrieval")
+    index_k: int = Field(300, ge=1, description="§5.2: targets kept per trigger in the SimNet-scored index")
+    why_top: int = Field(5, ge=1, description="paths listed as the reason of each recommendation")
+
+
+class MTMHConfig(_Section):
+    embed_dim: int = Field(32, ge=2, description="item id embedding; side-info embeddings use half")
+    hidden: list[int] = Field(default_factory=lambda: [64], description="MLP of each head before its output")
+    out_dim: int = Field(32, ge=2, description="item embedding size of each head")
+    temperature: float = Field(0.1, gt=0, description="τ of InfoNCE over cosine similarities (Eq. 1)")
+    content_temperature: float = Field(0.1, gt=0, description="τ of the soft relevance labels q (Eq. 2)")
+    w_r: float = Field(0.5, ge=0, description="weight of the relevance loss in L_mt = L_e + w_r·L_r (Eq. 3)")
+    pair_window: int = Field(3, ge=1, description="co-engaged pairs: each click with its previous N distinct")
+    sampled_negatives: int = Field(256, ge=0, description="uniformly sampled negatives shared by a batch")
+    epochs: int = Field(4, ge=1)
+    batch_size: int = Field(512, ge=2)
+    lr: float = Field(3e-3, gt=0)
+    max_batches_per_epoch: int = Field(150, ge=0, description="0 = every pair each epoch")
+    item_embeddings: str | None = Field(None, description="parquet (item_id, embedding list<float>): content "
+                                        "embeddings for the relevance targets instead of side info")
+    content_weights: dict[str, float] = Field(
+        default_factory=lambda: {"category_id": 1.0, "brand_id": 0.5},
+        description="side-info content similarity: weight of each shared field")
+    alpha: float = Field(0.5, ge=0, le=1, description="quota share of the engagement head in the merge (§3.5)")
+    num_triggers: int = Field(10, ge=1, description="recent distinct items queried, one ANN search each")
+    k_ann: int = Field(200, ge=1, description="neighbours per trigger and head from the ANN (§3.5)")
+    recency_decay: float = Field(0.9, gt=0, le=1, description="preranker: trigger r (0 = newest) weighs decay^r")
+    exact_below: int = Field(1000, ge=0, description="catalogs smaller than this use exact search")
+    nlist: int = Field(0, ge=0, description="IVF k-means clusters; 0 = about 2·sqrt(items)")
+    nprobe: int = Field(16, ge=1, description="clusters probed per query (C of §3.5)")
+
+
+class MethodsConfig(_Section):
+    ease: EaseConfig = Field(default_factory=EaseConfig)
+    pdn: PDNConfig = Field(default_factory=PDNConfig)
+    mtmh: MTMHConfig = Field(default_factory=MTMHConfig)
+
+
+class AugmentConfig(_Section):
+    """LLM-I2I augmentation (llm-i2i.txt): generator + discriminator before Swing. CPU-sized defaults."""
+
+    behaviors: list[str] = Field(default_factory=lambda: list(BEHAVIORS), min_length=1,
+                                 description="real event behaviours that form the users' item sequences")
+    dedup_consecutive: bool = Field(True, description="collapse back-to-back repeats of the same item")
+    tail_fraction: float = Field(0.2, gt=0, lt=1, description="long tail = this share of the clicked items, "
+                                 "least clicked first (paper: bottom 20%)")
+    alpha: float = Field(4.0, ge=0, description="Eq. 2 loss weight when the next item is long-tail (paper: 4)")
+    beta: float = Field(1.0, ge=0, description="Eq. 2 loss weight otherwise (paper: 1)")
+    max_len: int = Field(32, ge=2, description="items per generator training window")
+    context_len: int = Field(10, ge=1, description="recent items fed to generation and discrimination (paper: 10)")
+    n_embd: int = Field(64, ge=8)
+    n_layer: int = Field(2, ge=1)
+    n_head: int = Field(2, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    epochs: int = Field(3, ge=1, description="generator epochs")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(3e-3, gt=0)
+    candidates_per_user: int = Field(10, ge=1, description="N items sampled per user by the generator")
+    top_k: int = Field(50, ge=0, description="top-k sampling; 0 = off")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling mass; 1 = off")
+    temperature: float = Field(1.0, gt=0)
+    disc_epochs: int = Field(2, ge=1)
+    disc_positions: int = Field(4, ge=1, description="held-back real next items per user for the discriminator")
+    disc_negatives: int = Field(1, ge=1, description="sampled negatives per positive")
+    negative_sampling: Literal["popularity", "uniform"] = Field(
+        "popularity", description="popularity-proportional negatives keep the filter from penalising the tail")
+    tau: float | None = Field(None, ge=0, le=1, description="keep candidates with confidence >= tau; None = the "
+                              "smallest tau reaching target_precision on the validation split")
+    target_precision: float = Field(0.9, gt=0, le=1)
+    val_fraction: float = Field(0.1, gt=0, lt=1, description="users whose last item is held back for validation")
+    max_users: int = Field(0, ge=0, description="augment a seeded sample of users; 0 = all")
+    generator: str | None = Field(None, description="local pretrained checkpoint to fine-tune; None = from scratch")
+    seed: int = 0
+
+    _known_behaviors = field_validator("behaviors")(_check_behaviors)
+
+
+class PipelineConfig(_Section):
+    augment: bool = Field(False, description="run LLM-I2I augmentation before Swing in the daily pipeline")
+    methods: list[Literal["pi2i", "pdn", "mtmh"]] = Field(default=["pi2i"], min_length=1,
+                               description="trained methods the daily pipeline trains in parallel and evaluates")
 
 
 class Config(_Section):
@@ -135,6 +265,9 @@ class Config(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    methods: MethodsConfig = Field(default_factory=MethodsConfig)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
 
 class ConfigError(ValueError):
@@ -183,6 +316,3 @@ def _merge(a: dict, b: dict) -> dict:
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
-
-def dump_defaults() -> str:
-    return yaml.safe_dump(Config().model_dump(), sort_keys=False)

@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from pi2i.cli import app
@@ -50,6 +53,28 @@ def test_config_file_errors(tmp_path):
 def test_cli_config_prints_and_rejects():
     r = CliRunner().invoke(app, ["config"])
     assert r.exit_code == 0 and "top_t: 1250" in r.output
+
+
+@settings(max_examples=15, deadline=None)
+@given(top_t=st.integers(1, 5000), skew=st.floats(0, 1e7, allow_nan=False), dedup=st.booleans(),
+       exclude=st.sampled_from(["all", "window", "none"]))
+def test_printed_config_reloads_to_the_same_config(tmp_path_factory, top_t, skew, dedup, exclude):
+    """`pi2i config --config F` prints YAML that is itself a complete, valid config of the same values."""
+    d = tmp_path_factory.mktemp("cfg")
+    src = d / "in.yaml"
+    src.write_text(yaml.safe_dump({"swing": {"top_t": top_t}, "data": {"max_future_skew_s": skew},
+                                   "sampling": {"dedup_consecutive": dedup}, "eval": {"exclude_seen": exclude}}))
+    r = CliRunner().invoke(app, ["config", "--config", str(src)])
+    assert r.exit_code == 0, r.output
+    printed = d / "printed.yaml"
+    printed.write_text(r.output)
+    assert load_config(printed) == load_config(src)
+    assert load_config(printed).data.max_future_skew_s == skew
+
+
+def test_future_skew_must_not_be_negative():
+    with pytest.raises(ConfigError, match=r"data\.max_future_skew_s"):
+        parse_config({"data": {"max_future_skew_s": -1}})
 
 
 def test_parquet_roundtrip_local_and_uri(tmp_path):

@@ -23,8 +23,8 @@ def _table(rows: list[tuple[int, int, str, int]]) -> pa.Table:
                      "ts": pa.array(t, pa.int64()).cast(pa.timestamp("us", tz="UTC"))}, schema=EVENTS_SCHEMA)
 
 
-event_rows = st.lists(st.tuples(st.integers(1, 6), st.integers(1, 8), st.sampled_from(BEH), st.integers(0, 20)),
-                      max_size=60)
+event_rows = st.lists(st.tuples(st.integers(1, 6), st.integers(1, 8), st.sampled_from(BEH),
+                                st.integers(0, 20)), max_size=60)
 
 
 def _ref_sequences(rows, behaviors, dedup):
@@ -159,3 +159,22 @@ def test_splitmix64_reference_values():
     assert [hex(int(x)) for x in first] == ["0xe220a8397b1dcdaf", "0x6e789e6aa1b965f4"]
     state, bits = ev.splitmix64_next(np.uint64(0))
     assert int(bits) == 0xE220A8397B1DCDAF and int(state) == int(golden)
+
+
+def test_recent_histories_is_the_prs_histories_file(tiny_split, tiny_samples, tiny_cfg):
+    """One definition of a user's recent window: the PRS samples' histories.parquet (what serving starts from)
+    and Feast's user_recent_items (pi2i.data.features) both equal recent_histories on the same events."""
+    from pi2i.contracts import EVENTS_FILE, join, read_events, read_parquet
+    from pi2i.data.features import recent_items_table
+    from pi2i.layout import HISTORIES_FILE
+
+    n, beh = tiny_cfg.serving.history_len, tiny_cfg.sampling.behaviors
+    dedup = tiny_cfg.sampling.dedup_consecutive
+    events = read_events(join(tiny_split["train"], EVENTS_FILE))
+    users, indptr, items, _ = ev.recent_histories(events, n, beh, dedup)
+    want = {int(u): items[indptr[r]:indptr[r + 1]].tolist() for r, u in enumerate(users)}
+    prs = read_parquet(join(tiny_samples, HISTORIES_FILE)).to_pydict()
+    assert dict(zip(prs["user_id"], prs["items"])) == want
+    feast = recent_items_table(ev.clicks(events, beh), n, dedup).to_pydict()
+    assert dict(zip(feast["user_id"], feast["recent_items"])) == want
+    assert len(want) > 100 and max(len(v) for v in want.values()) == n

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -278,16 +277,10 @@ def test_reingest_same_workdir_without_users_via_cli(world, tmp_path):
         ref["recent"]["recent_items"].tolist()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="no redis-server binary on this machine")
-def test_redis_online_store(world, tmp_path, monkeypatch):
+def test_redis_online_store(world, tmp_path, monkeypatch, free_port):
     """The documented Redis alternative: same definitions, feature_store.redis.yaml, a throwaway redis-server."""
-    port = _free_port()
+    port = free_port
     proc = subprocess.Popen(["redis-server", "--port", str(port), "--save", "", "--appendonly", "no",
                              "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

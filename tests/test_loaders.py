@@ -19,6 +19,7 @@ from pi2i.data.loaders import REASONS, load
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 TAOBAO = SHARED / "data" / "taobao"
 PI2I = Path(sys.executable).parent / "pi2i"
+MOVIELENS = SHARED / "data" / "movielens-sample" / "ratings.dat"
 needs_taobao = pytest.mark.skipif(not (TAOBAO / "userbehavior_head.csv").exists(),
                                   reason=f"real Taobao samples not present under {TAOBAO}")
 
@@ -173,11 +174,85 @@ def test_wrong_delimiter_is_a_clear_error(tmp_path):
 
 
 def test_no_usable_rows_is_a_clear_error(tmp_path):
-    with pytest.raises(ContractError, match="no usable rows"):
+    with pytest.raises(ContractError, match=r"no usable rows \(2 of 2 quarantined: unknown_behavior 2\); "
+                                            r"e.g. line 1: unknown_behavior '1,2,3,zz,1511544070'"):
         load("taobao", _write(tmp_path, "x.csv", "1,2,3,zz,1511544070\n4,5,6,zz,1511544070\n"),
              str(tmp_path / "d"))
-    s = json.loads((tmp_path / "d" / "summary.json").read_text())
-    assert s["rows_quarantined"] == 2 == s["rows_in"]
+    assert list(tmp_path.iterdir()) == [tmp_path / "x.csv"]  # no out dir, no staging dir, no *.tmp
+
+
+def test_failed_load_leaves_the_previous_output_intact(tmp_path):
+    """A failure (no usable rows, or a crash mid-stream) removes its staging dir and never mixes with out_dir:
+    before, a stale events.parquet stayed beside a summary.json with rows_kept 0, and *.parquet.tmp files."""
+    out = tmp_path / "d"
+    good = load("taobao", _write(tmp_path, "a.csv", "\n".join(GOOD) + "\n"), str(out))
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    with pytest.raises(ContractError, match="no usable rows"):
+        load("taobao", _write(tmp_path, "x.csv", "1,2,3,zz,1511544070\n"), str(out))
+
+    def crash(done: int, total: int | None) -> None:
+        if done:
+            raise RuntimeError("disk gone")
+
+    with pytest.raises(RuntimeError, match="disk gone"):
+        load("taobao", str(tmp_path / "a.csv"), str(out), progress=crash)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert json.loads((out / "summary.json").read_text())["rows_kept"] == good["rows_kept"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.csv", "d", "x.csv"]  # no .d.staging-*
+
+
+def test_reload_replaces_every_contract_file(tmp_path):
+    """A second successful load into the same dir leaves no file of the first (users.parquet of MovieLens)."""
+    d = tmp_path / "ml"
+    d.mkdir()
+    (d / "ratings.dat").write_text("1::1::5::978300760\n2::2::3::978302109\n")
+    (d / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n")
+    out = tmp_path / "o"
+    load("movielens", str(d / "ratings.dat"), str(out))
+    assert (out / "users.parquet").exists()
+    (out / "notes.txt").write_text("mine")
+    s = load("taobao", _write(tmp_path, "a.csv", "\n".join(GOOD) + "\n"), str(out))
+    assert sorted(p.name for p in out.iterdir()) == ["events.parquet", "items.parquet", "notes.txt",
+                                                     "quarantine.parquet", "summary.json"]
+    assert read_events(str(out / "events.parquet")).num_rows == s["rows_kept"] == 4
+
+
+def test_int64_ids_kept_larger_ones_quarantined(tmp_path):
+    """Hashed int64 ids are mostly 19 digits: every id that fits int64 is kept (before: 19 digits were
+    non_integer_id); larger decimals get their own reason."""
+    lines = ["9223372036854775807,100,10,pv,1511544070",   # int64 max: kept
+             "1234567890123456789,4611686018427387904,10,pv,1511544071",  # 19 digits: kept
+             "0009223372036854775807,101,10,pv,1511544072",  # leading zeros, fits: kept
+             "9223372036854775808,100,10,pv,1511544073",   # int64 max + 1
+             "99999999999999999999,100,10,pv,1511544074",  # 20 digits
+             "1,100,18446744073709551615,pv,1511544075",   # side id beyond int64 (uint64 max)
+             "-9223372036854775809,100,10,pv,1511544076"]  # negative stays negative_id
+    s = load("taobao", _write(tmp_path, "ids.csv", "\n".join(lines) + "\n"), str(tmp_path / "d"))
+    _check_accounting(s)
+    assert s["quarantine_reasons"] == {"id_out_of_range": 3, "negative_id": 1}
+    ev = read_events(str(tmp_path / "d" / "events.parquet"))
+    assert sorted(ev.column("user_id").to_pylist()) == [1234567890123456789, 9223372036854775807,
+                                                        9223372036854775807]
+    assert [r["line"] for r in _quarantine(tmp_path / "d") if r["reason"] == "id_out_of_range"] == [4, 5, 6]
+
+
+def test_future_timestamps_quarantined(tmp_path):
+    """A row dated 2093 used to be kept (data.max_ts = 2100) and moved the split's cut: events later than the
+    load time + data.max_future_skew_s are quarantined as future_ts."""
+    now = 1_511_600_000 * 1_000_000
+    lines = GOOD + ["3,4,5,pv,3900000000",            # 2093
+                    f"3,4,5,pv,{1_511_600_000 + 3600}",  # 1 h ahead: within the default skew of 1 day
+                    f"3,4,5,pv,{1_511_600_000 + 2 * 86_400}"]  # 2 days ahead
+    s = load("taobao", _write(tmp_path, "f.csv", "\n".join(lines) + "\n"), str(tmp_path / "d"), now_us=now)
+    assert s["quarantine_reasons"] == {"future_ts": 2} and s["rows_kept"] == 5
+    cfg = Config()
+    cfg.data.max_future_skew_s = 0
+    s = load("taobao", _write(tmp_path, "f.csv", "\n".join(lines) + "\n"), str(tmp_path / "e"), cfg=cfg,
+             now_us=now)
+    assert s["quarantine_reasons"] == {"future_ts": 3}
+    # without now_us the load time is the wall clock: 2093 is in the future, 2017 is not
+    s = load("taobao", _write(tmp_path, "f.csv", "\n".join(lines) + "\n"), str(tmp_path / "g"))
+    assert s["quarantine_reasons"] == {"future_ts": 1}
 
 
 def test_missing_input(tmp_path):
@@ -278,3 +353,17 @@ def test_movielens_side_files_give_genres_and_profiles(tmp_path):
         {"item_id": 1, "category_id": 3}, {"item_id": 2, "category_id": 8}]
     users = pq.read_table(tmp_path / "o" / "users.parquet").to_pylist()
     assert users[1] == {"user_id": 2, "gender": "M", "age": 56, "occupation": "16", "zip": "70072"}
+
+
+@pytest.mark.skipif(not MOVIELENS.exists(), reason=f"MovieLens-1M sample not present at {MOVIELENS}")
+def test_cli_loads_real_movielens_1m_ratings_dat(tmp_path):
+    """``pi2i data load --format movielens`` reads the ``::`` format of MovieLens-1M (100k-rating sample)."""
+    r = subprocess.run([str(PI2I), "data", "load", "--format", "movielens", "--input", str(MOVIELENS), "--out",
+                        str(tmp_path / "d"), "--no-progress"], capture_output=True, text=True, timeout=300,
+                       check=False)
+    assert r.returncode == 0, r.stderr
+    s = json.loads((tmp_path / "d" / "summary.json").read_text())
+    assert (s["rows_in"], s["rows_kept"], s["delimiter"], s["ts_unit"]) == (100_000, 100_000, "::", "s")
+    ev = read_events(str(tmp_path / "d" / "events.parquet"))
+    assert ev.num_rows == 100_000 and set(ev.column("behavior").to_pylist()) == {"click"}
+    assert s["ts_min"].startswith("2000-") and s["users"] == 5958

@@ -220,14 +220,25 @@ def test_ablation_switches_do_what_they_claim(tiny):
         torch.manual_seed(2)
         o2 = m(b)
         assert not torch.allclose(o1[multi_hits], o2[multi_hits])
-        # self-attention: the sequence summary no longer depends on the candidate (query) — target attention does
+        # self-attention: the sequence summary no longer depends on the candidate (query) — target attention does:
+        # its attention queries are the candidates [G, heads, C, d], self-attention's the sequence [G, S, D]
         seen = {}
-        for att in ("target", "self"):
-            m = model(attention=att)
-            h = m.mha.register_forward_hook(lambda mod, inp, out, a=att: seen.__setitem__(a, inp[0].shape))
-            m(b)
-            h.remove()
-        assert seen["target"][1] == b["cand"].shape[1] and seen["self"][1] == b["seq"].shape[1]
+        sdpa = torch.nn.functional.scaled_dot_product_attention
+
+        def spy(q, *args, **kw):
+            seen["target"] = q.shape
+            return sdpa(q, *args, **kw)
+
+        torch.nn.functional.scaled_dot_product_attention = spy
+        try:
+            model(attention="target")(b)
+        finally:
+            torch.nn.functional.scaled_dot_product_attention = sdpa
+        m = model(attention="self")
+        h = m.mha.register_forward_hook(lambda mod, inp, out: seen.__setitem__("self", inp[0].shape))
+        m(b)
+        h.remove()
+        assert seen["target"][2] == b["cand"].shape[1] and seen["self"][1] == b["seq"].shape[1]
 
 
 def test_loss_falls(tiny):

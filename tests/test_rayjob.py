@@ -4,6 +4,8 @@ client objects returning real kubernetes model objects (no API server exists her
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,80 +15,43 @@ from kubernetes import client as k8s
 from pi2i.cluster import rayjob
 from pi2i.cluster.rayjob import RayJobError, job_name, rayjob_manifest, rayjob_state, run_rayjob
 
-RAYJOB_DIR = Path(__file__).resolve().parents[1] / "k8s" / "rayjobs"
+K8S = Path(__file__).resolve().parents[1] / "k8s"
+RAYJOB_DIR = K8S / "rayjobs"
+#: ray.io/v1 RayJob, every field we set, written from the KubeRay v1 API types (see its $comment)
+RAYJOB_SCHEMA = json.loads((K8S / "schemas" / "rayjob-v1.json").read_text())
+K8S_VERSION = "1.31.0"
+IMAGE = "ghcr.io/pi2i/pi2i:test"
 
-#: The shape of a ray.io/v1 RayJob we rely on (a subset of the KubeRay CRD's openAPIV3Schema).
-POD_TEMPLATE = {"type": "object", "required": ["spec"], "properties": {"spec": {
-    "type": "object", "required": ["containers"],
-    "properties": {"containers": {"type": "array", "minItems": 1, "items": {
-        "type": "object", "required": ["name", "image"],
-        "properties": {"name": {"type": "string"}, "image": {"type": "string"}}}}}}}}
-RAYJOB_SCHEMA = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
-        "apiVersion": {"const": "ray.io/v1"},
-        "kind": {"const": "RayJob"},
-        "metadata": {"type": "object", "required": ["name"], "properties": {
-            "name": {"type": "string", "pattern": "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}}},
-        "spec": {
-            "type": "object",
-            "required": ["entrypoint", "rayClusterSpec"],
-            "additionalProperties": False,
-            "properties": {
-                "entrypoint": {"type": "string", "minLength": 1},
-                "shutdownAfterJobFinishes": {"type": "boolean"},
-                "ttlSecondsAfterFinished": {"type": "integer", "minimum": 0},
-                "activeDeadlineSeconds": {"type": "integer", "minimum": 1},
-                "backoffLimit": {"type": "integer", "minimum": 0},
-                "submissionMode": {"enum": ["K8sJobMode", "HTTPMode", "InteractiveMode", "SidecarMode"]},
-                "runtimeEnvYAML": {"type": "string"},
-                "rayClusterSpec": {
-                    "type": "object", "required": ["headGroupSpec"],
-                    "properties": {
-                        "rayVersion": {"type": "string"},
-                        "headGroupSpec": {"type": "object", "required": ["template"],
-                                          "properties": {"rayStartParams": {"type": "object",
-                                                                            "additionalProperties":
-                                                                                {"type": "string"}},
-                                                         "template": POD_TEMPLATE}},
-                        "workerGroupSpecs": {"type": "array", "items": {
-                            "type": "object", "required": ["groupName", "template"],
-                            "properties": {"groupName": {"type": "string"},
-                                           "replicas": {"type": "integer", "minimum": 0},
-                                           "minReplicas": {"type": "integer", "minimum": 0},
-                                           "maxReplicas": {"type": "integer", "minimum": 0},
-                                           "rayStartParams": {"type": "object", "additionalProperties":
-                                                              {"type": "string"}},
-                                           "template": POD_TEMPLATE}}},
-                    },
-                },
-            },
-        },
-    },
-}
+
+def pod_templates(obj: dict) -> list[dict]:
+    rc = obj["spec"]["rayClusterSpec"]
+    return [rc["headGroupSpec"]["template"], *[g["template"] for g in rc.get("workerGroupSpecs", [])]]
 
 
 def validate_rayjob(obj: dict) -> None:
+    """The RayJob fields against our schema; each embedded pod template strictly as a core PodTemplateSpec."""
     import jsonschema
 
-    jsonschema.validate(obj, RAYJOB_SCHEMA)
-    for tmpl in [obj["spec"]["rayClusterSpec"]["headGroupSpec"]["template"],
-                 *[g["template"] for g in obj["spec"]["rayClusterSpec"].get("workerGroupSpecs", [])]]:
+    jsonschema.Draft202012Validator(RAYJOB_SCHEMA).validate(obj)
+    for tmpl in pod_templates(obj):
         _validate_pod_template(tmpl)
 
 
 def _validate_pod_template(tmpl: dict) -> None:
-    """The embedded pod templates are core Kubernetes: validate them strictly as a PodTemplate."""
+    """Core Kubernetes: a PodTemplate's ``template`` is a PodTemplateSpec (kubernetes-validate --strict)."""
     import kubernetes_validate
 
     kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"},
-                                  "template": tmpl}, "1.31.0", strict=True)
+                                  "template": tmpl}, K8S_VERSION, strict=True)
+
+
+def _manifest(**kw):
+    return rayjob_manifest("pi2i-swing-x", ["pi2i", "swing"], IMAGE, **kw)
 
 
 def test_manifest_shape_and_content():
     m = rayjob_manifest("pi2i-swing-abc", ["pi2i", "swing", "--events", "s3://b/e.parquet", "--out", "s3://b/o"],
-                        namespace="pi2i", num_workers=3, gpus_per_worker=1, env={"A": "1"},
+                        IMAGE, namespace="pi2i", num_workers=3, gpus_per_worker=1, env={"A": "1"},
                         env_from_secret="objstore", service_account="pi2i-ray")
     validate_rayjob(m)
     spec = m["spec"]
@@ -103,7 +68,7 @@ def test_manifest_shape_and_content():
 
 
 def test_entrypoint_is_shell_quoted():
-    m = rayjob_manifest("x", ["pi2i", "swing", "--out", "s3://b/a b"])
+    m = rayjob_manifest("x", ["pi2i", "swing", "--out", "s3://b/a b"], IMAGE)
     assert m["spec"]["entrypoint"] == "pi2i swing --out 's3://b/a b'"
 
 
@@ -115,12 +80,65 @@ def test_job_name_is_dns1123():
     assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", n)
 
 
-@pytest.mark.parametrize("path", sorted(RAYJOB_DIR.glob("*.yaml")), ids=lambda p: p.name)
-def test_committed_templates_validate_and_match_builder(path):
-    obj = yaml.safe_load(path.read_text())
-    validate_rayjob(obj)
-    step = obj["metadata"]["labels"]["pi2i.io/step"]
-    assert obj == rayjob.template(step), f"{path} drifted from pi2i.cluster.rayjob.template({step!r}); regenerate it"
+@pytest.mark.cluster
+def test_committed_templates_render_with_kustomize_validate_and_match_builder():
+    """`kubectl kustomize k8s/rayjobs` renders both templates; each validates (schema + strict pod templates) and
+    equals the builder's output on the pinned image (regenerate: python -m components.rayjob_templates)."""
+    from components.image import PINNED_IMAGE
+
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.fail("kubectl not on PATH: k8s/rayjobs is rendered with `kubectl kustomize`")
+    out = subprocess.run([kubectl, "kustomize", str(RAYJOB_DIR)], capture_output=True, text=True, timeout=60,
+                         check=False)
+    assert out.returncode == 0, out.stderr
+    rendered = {o["metadata"]["labels"]["pi2i.io/step"]: o for o in yaml.safe_load_all(out.stdout) if o}
+    assert sorted(rendered) == sorted(rayjob.STEP_RESOURCES)
+    for step, obj in rendered.items():
+        validate_rayjob(obj)
+        committed = yaml.safe_load((RAYJOB_DIR / f"{step}.yaml").read_text())
+        assert obj == committed == rayjob.template(step, PINNED_IMAGE), f"k8s/rayjobs/{step}.yaml drifted"
+        assert {c["image"] for t in pod_templates(obj) for c in t["spec"]["containers"]} == {PINNED_IMAGE}
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("mutate, where", [
+    (lambda m: m["spec"].update(submissionMode="K8sJob"), "submissionMode"),
+    (lambda m: m["spec"].update(shutdownAfterJobFinish=True), "shutdownAfterJobFinish"),
+    (lambda m: m["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].pop("maxReplicas"), "maxReplicas"),
+    (lambda m: m["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"].update({"num-cpus": 0}), "num-cpus"),
+    (lambda m: m["spec"].update(backoffLimit=2**31), "backoffLimit"),
+    (lambda m: m["metadata"].update(name="Pi2i_Swing"), "Pi2i_Swing"),
+])
+def test_schema_rejects_what_kuberay_rejects(mutate, where):
+    import jsonschema
+
+    m = _manifest()
+    mutate(m)
+    with pytest.raises(jsonschema.ValidationError) as e:
+        jsonschema.Draft202012Validator(RAYJOB_SCHEMA).validate(m)
+    assert where in str(e.value)
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("mutate", [
+    lambda c: c.update(resourcess={}),                        # unknown field (strict)
+    lambda c: c["env"].append({"value": "x"}),                # required field missing (EnvVar.name)
+    lambda c: c.update(ports=[{"containerPort": "6379"}]),    # wrong type
+])
+def test_pod_templates_are_validated_as_core_podtemplatespecs(mutate):
+    import kubernetes_validate
+
+    m = _manifest()
+    mutate(m["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0])
+    with pytest.raises(kubernetes_validate.ValidationError):
+        validate_rayjob(m)
+
+
+def test_ray_version_matches_the_installed_ray():
+    import ray
+
+    assert rayjob.RAY_VERSION == ray.__version__
 
 
 @pytest.mark.parametrize("status, terminal, ok", [
@@ -186,7 +204,7 @@ class Clock:
 
 def _run(fake, **kw):
     clock = Clock()
-    m = rayjob_manifest("pi2i-swing-x", ["pi2i", "swing"])
+    m = _manifest()
     return run_rayjob(m, custom_api=fake, core_api=fake, poll_s=5, sleep=clock.sleep, clock=clock, log=None, **kw)
 
 

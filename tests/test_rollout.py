@@ -160,8 +160,8 @@ def test_version_patch_is_a_strategic_merge_on_env_and_annotation():
 @pytest.fixture
 def registry_two_versions(tmp_path):
     """A real registry with two published versions (v_a live)."""
-    from pi2i.publish import registry
     from pi2i.contracts import I2I_SCHEMA, write_parquet
+    from pi2i.publish import registry
 
     i2i = tmp_path / "i2i.parquet"
     write_parquet(pa.table({"trigger": [1, 1, 2], "target": [2, 3, 1], "score": [0.5, 0.2, 0.5],
@@ -180,7 +180,7 @@ def registry_two_versions(tmp_path):
 class FakeService:
     """A real HTTP server speaking the serving admin contract; ``broken`` makes /readyz fail after reload."""
 
-    def __init__(self, registry: str, broken: bool = False):
+    def __init__(self, registry: str, broken: bool = False, token: str | None = None):
         from pi2i.publish import registry as reg
 
         self.loaded = reg.current(registry)
@@ -199,7 +199,9 @@ class FakeService:
                 self.wfile.write(data)
 
             def do_POST(self):
-                if self.path == "/admin/reload":
+                if token is not None and self.headers.get("Authorization") != f"Bearer {token}":
+                    self._send(401, {"error": "unauthorized"})
+                elif self.path == "/admin/reload":
                     state.loaded = reg.current(registry)
                     self._send(200, {"version": state.loaded})
                 else:
@@ -279,3 +281,20 @@ def test_kubernetes_rollout_moves_registry_and_restores_it(registry_two_versions
     with pytest.raises(RolloutError, match=f"registry CURRENT back to {a}.*rolled back to {a}"):
         rollout_kubernetes(b, registry=reg, apps_api=bad, poll_s=1, sleep=clock.sleep, clock=clock, log=None)
     assert registry.current(reg) == a
+
+
+def test_local_rollout_sends_the_admin_token(registry_two_versions, monkeypatch):
+    from pi2i.publish import registry
+
+    reg, a, b = registry_two_versions
+    svc = FakeService(reg, token="s3cret")
+    try:
+        monkeypatch.delenv(rollout.ADMIN_TOKEN_ENV, raising=False)
+        with pytest.raises(RolloutError, match="401: no admin token .set PI2I_ADMIN_TOKEN.*rolled back"):
+            rollout_local(reg, b, svc.url, timeout_s=1)
+        assert registry.current(reg) == a
+        monkeypatch.setenv(rollout.ADMIN_TOKEN_ENV, "s3cret")
+        assert rollout_local(reg, b, svc.url, timeout_s=5)["version"] == b
+    finally:
+        svc.close()
+    assert registry.current(reg) == b and svc.loaded == b

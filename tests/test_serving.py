@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -25,11 +27,14 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from pi2i.publish import registry as reg
 from pi2i.online.history import InMemoryHistoryStore
+from pi2i.publish import registry as reg
 
 PI2I = str(Path(sys.executable).parent / "pi2i")
 START_TIMEOUT_S = 90
+ADMIN, WRITE = "test-admin-token", "test-write-token"
+AS_ADMIN = {"authorization": f"Bearer {ADMIN}"}
+AS_WRITER = {"authorization": f"Bearer {WRITE}"}
 
 
 # ------------------------------------------------------------------------------------------------ fixtures
@@ -45,9 +50,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """tiny synthetic data -> Swing -> PRS samples -> 1 short epoch: a real, self-contained model dir."""
     from pi2i.config import load_config
     from pi2i.contracts import read_events, write_parquet
-    from pi2i.prs.sampling import build_samples
-    from pi2i.ibs.swing import build_swing
     from pi2i.data.synthetic import generate_preset
+    from pi2i.ibs.swing import build_swing
+    from pi2i.prs.sampling import build_samples
     from pi2i.prs.train import train
 
     root = tmp_path_factory.mktemp("serving-model")
@@ -79,7 +84,8 @@ def _variant_metrics(built: dict, tag: str) -> str:
 class Server:
     """``pi2i serve`` in its own process group, stopped with SIGTERM (then SIGKILL) at teardown."""
 
-    def __init__(self, registry: str, cfg_path: Path, log_path: Path, redis_url: str | None = None) -> None:
+    def __init__(self, registry: str, cfg_path: Path, log_path: Path, redis_url: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [PI2I, "serve", "--registry", registry, "--port", str(self.port), "--config", str(cfg_path)]
@@ -87,7 +93,9 @@ class Server:
             argv += ["--redis-url", redis_url]
         self.log_path = log_path
         self._log = open(log_path, "wb")  # noqa: SIM115 - held for the server's lifetime
-        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**os.environ, "PI2I_ADMIN_TOKEN": ADMIN, "PI2I_WRITE_TOKEN": WRITE, **(env or {})}
+        self.proc = subprocess.Popen(argv, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                                     env=env)
         self.client = httpx.Client(base_url=self.url, timeout=30)
 
     def wait_ready(self) -> None:
@@ -115,11 +123,14 @@ class Server:
                 self.proc.wait(5)
         self._log.close()
 
-    def post(self, path: str, body: object | None = None, **kw) -> httpx.Response:
+    def post(self, path: str, body: object | None = None, auth: bool = True, **kw) -> httpx.Response:
+        """POST as a client with the right token for the path (``auth=False``: without any)."""
+        if auth and "headers" not in kw:
+            kw["headers"] = AS_ADMIN if path.startswith("/admin") else AS_WRITER if path == "/events" else {}
         return self.client.post(path, json=body, **kw) if body is not None else self.client.post(path, **kw)
 
-    def version(self) -> dict:
-        return self.client.get("/version").json()
+    def version(self, detail: bool = True) -> dict:
+        return self.client.get("/version", headers=AS_ADMIN if detail else {}).json()
 
 
 def _config(tmp: Path, **serving) -> Path:
@@ -133,7 +144,7 @@ def env(built, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("serving")
     registry = str(tmp / "registry")
     v1 = reg.publish(registry, built["i2i"], built["model"], built["metrics"])
-    srv = Server(registry, _config(tmp), tmp / "server.log")
+    srv = Server(registry, _config(tmp, body_timeout_s=2.0, max_pending_recomputes=4), tmp / "server.log")
     try:
         srv.wait_ready()
         yield {"srv": srv, "registry": registry, "v1": v1, "built": built, "tmp": tmp}
@@ -193,8 +204,9 @@ def test_events_nearline_refreshes_cache(env) -> None:
     assert out["history_len"] == 1 and item not in out["items"]
     assert all(t == [item] for t in out["triggers"][: out["num_personalized"]])
     assert time.perf_counter() - t0 < 10
-    # an ISO time and an explicit µs time are accepted; the history grows, so the cached entry is stale
-    assert s.post("/events", {"user_id": user, "item_id": item, "ts": "2030-01-01T00:00:00Z"}).status_code == 202
+    # an ISO time (a late click: lands in time order) is accepted; the history grows, so the entry is stale
+    yesterday = datetime.fromtimestamp(time.time() - 86_400, UTC).isoformat()
+    assert s.post("/events", {"user_id": user, "item_id": item, "ts": yesterday}).status_code == 202
     out2 = s.post("/recommend", {"user_id": user, "k": 5}).json()
     assert out2["history_len"] == 2
 
@@ -238,16 +250,26 @@ BAD = [
     ("form body", "/recommend", b"user_id=1", {"content-type": "application/x-www-form-urlencoded"}, 415),
     ("multipart garbage", "/recommend", b"garbage", {"content-type": "multipart/form-data"}, 415),
     ("pickle", "/recommend", b"x", {"content-type": "application/vnd.bentoml+pickle"}, 415),
+    ("unknown field", "/recommend", b'{"user_id": 1, "kk": 5}', {}, 400),
+    ("exclude_seen as a string", "/recommend", b'{"user_id": 1, "exclude_seen": "no"}', {}, 400),
+    ("exclude_seen as an int", "/recommend", b'{"user_id": 1, "exclude_seen": 0}', {}, 400),
+    ("events unknown field", "/events", b'{"user_id": 1, "item_id": 1, "when": 5}', {}, 400),
+    ("events ts in 2099", "/events", b'{"user_id": 1, "item_id": 1, "ts": 4085000000000000}', {}, 400),
+    ("events ISO ts in 2099", "/events", b'{"user_id": 1, "item_id": 1, "ts": "2099-01-01T00:00:00Z"}', {}, 400),
+    ("reload unknown field", "/admin/reload", b'{"force": true}', {}, 400),
     ("oversized body", "/recommend", b'{"user_id": 1, "pad": "' + b"x" * 100_000 + b'"}', {}, 413),
 ]
 
 
 @pytest.mark.parametrize("name,path,body,headers,status", BAD, ids=[b[0] for b in BAD])
 def test_bad_input_is_4xx_with_message(env, name, path, body, headers, status) -> None:
-    h = {"content-type": "application/json", **headers}
+    token = AS_WRITER if path == "/events" else AS_ADMIN if path.startswith("/admin") else {}
+    h = {"content-type": "application/json", **token, **headers}
     r = env["srv"].client.post(path, content=body, headers=h)
     assert r.status_code == status, (name, r.status_code, r.text)
-    assert r.json()["error"]
+    body = r.json()  # one error shape, as the OpenAPI document declares it: strings only
+    assert isinstance(body, dict) and isinstance(body["error"], str) and body["error"]
+    assert isinstance(body.get("detail", ""), str)
 
 
 def test_bad_transport_is_4xx(env) -> None:
@@ -259,9 +281,178 @@ def test_bad_transport_is_4xx(env) -> None:
 
     r = c.post("/recommend", content=chunks(), headers={"content-type": "application/json"})
     assert r.status_code == 413 and "body above" in r.json()["error"]
-    assert c.get("/recommend").status_code == 405
-    assert c.post("/no-such-endpoint", json={}).status_code == 404
+    for r, code in ((c.get("/recommend"), 405), (c.post("/no-such-endpoint", json={}), 404)):
+        assert r.status_code == code and r.headers["content-type"] == "application/json" and r.json()["error"]
     assert env["srv"].version()["ready"]  # none of the above hurt the server
+
+
+# ------------------------------------------------------------------------------------------------ security
+
+def test_auth_admin_write_and_public_version(env) -> None:
+    s, b = env["srv"], env["built"]
+    click = {"user_id": 7_100_000, "item_id": int(b["warm_items"][0])}
+    for headers in ({}, {"authorization": "Bearer wrong"}, {"authorization": f"Basic {ADMIN}"}, AS_WRITER):
+        r = s.post("/admin/reload", headers=headers)
+        assert r.status_code == 401 and "PI2I_ADMIN_TOKEN" in r.json()["error"], r.text
+        assert r.headers["www-authenticate"].startswith("Bearer")
+    for headers in ({}, {"authorization": "Bearer wrong"}):
+        assert s.post("/events", click, headers=headers).status_code == 401
+    assert s.post("/events", click, headers=AS_WRITER).status_code == 202
+    assert s.post("/events", click, headers=AS_ADMIN).status_code == 202  # the admin token may write too
+    assert s.post("/admin/reload").status_code == 200
+    public = s.version(detail=False)
+    assert public["ready"] and public["version"] and public["source"] == "current"
+    text = json.dumps(public)
+    assert env["registry"] not in text and "registry" not in public and "last_error" not in public
+    assert s.version(detail=True)["registry"] == env["registry"]
+    # reads are open by default (serving.read_auth=false)
+    assert s.post("/recommend", {"user_id": 1, "k": 3}, auth=False).status_code == 200
+
+
+def test_slow_bodies_do_not_starve_real_requests(env) -> None:
+    """300 connections each send headers and 1 byte of a 100-byte body, then stall: real requests still get
+    200 at once, and the stalled ones get 408 after serving.body_timeout_s (2 s here)."""
+    s = env["srv"]
+    slow = []
+    for _ in range(300):
+        c = socket.create_connection(("127.0.0.1", s.port))
+        c.sendall(b"POST /recommend HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: 100\r\n\r\n{")
+        slow.append(c)
+    try:
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        with httpx.Client(base_url=s.url, timeout=10) as c:
+            codes = [c.post("/recommend", json={"user_id": env["built"]["warm_user"], "k": 5}).status_code
+                     for _ in range(20)]
+        assert codes == [200] * 20 and time.monotonic() - t0 < 1.5, codes
+        time.sleep(2.5)
+        answered = 0
+        for c in slow:
+            c.settimeout(5)
+            head = c.recv(200)
+            answered += head.startswith(b"HTTP/1.1 408")
+        assert answered == 300
+    finally:
+        for c in slow:
+            c.close()
+
+
+def test_events_bounded_and_ts_checked(env) -> None:
+    s, b = env["srv"], env["built"]
+    item = int(b["warm_items"][0])
+    now_us = time.time_ns() // 1000
+    far = s.post("/events", {"user_id": 7_200_000, "item_id": item, "ts": now_us + 3_600_000_000})
+    assert far.status_code == 400 and "ahead of the server clock" in far.json()["error"]
+    # a full window (history_len=50 clicks) refuses a click older than all of them, with a clear answer
+    user = 7_200_001
+    for i in range(50):
+        assert s.post("/events", {"user_id": user, "item_id": item, "ts": now_us - 1000 + i}).status_code == 202
+    old = s.post("/events", {"user_id": user, "item_id": item, "ts": now_us - 10**9})
+    assert old.status_code == 409 and "older than the 50 clicks kept" in old.json()["error"]
+    # clicks of one user coalesce into one recompute; many users at once are shed with 429 + Retry-After
+    answers: list[httpx.Response] = []
+    lock = threading.Lock()
+
+    def burst(i: int) -> None:
+        with httpx.Client(base_url=s.url, timeout=10, headers=AS_WRITER) as c:
+            for j in range(10):
+                r = c.post("/events", json={"user_id": 7_300_000 + 10 * i + j, "item_id": item})
+                with lock:
+                    answers.append(r)
+
+    threads = [threading.Thread(target=burst, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    codes = [r.status_code for r in answers]
+    assert set(codes) <= {202, 429} and 429 in codes and 202 in codes, codes
+    shed = next(r for r in answers if r.status_code == 429)
+    assert int(shed.headers["retry-after"]) >= 1 and "retry later" in shed.json()["error"]
+    assert s.version()["nearline_pending"] <= 4  # serving.max_pending_recomputes
+    same = [s.post("/events", {"user_id": 7_400_000, "item_id": item}).json().get("recompute") for _ in range(5)]
+    assert same[0] in ("scheduled", "coalesced") and "coalesced" in same[1:] or same.count("scheduled") <= 5
+
+
+def test_openapi_is_the_contract(env) -> None:
+    s = env["srv"]
+    doc = s.client.get("/docs.json").json()
+    req = doc["components"]["schemas"]
+    rec = req["RecommendRequest"]
+    assert rec["properties"]["k"]["maximum"] == 200 == yaml.safe_load(
+        (env["tmp"] / "serving.yaml").read_text())["serving"]["max_k"]
+    assert rec.get("additionalProperties") is False and rec["properties"]["exclude_seen"]["type"] == "boolean"
+    ts = req["EventRequest"]["properties"]["ts"]
+    assert {a.get("type") for a in ts["anyOf"]} == {"integer", "string", "null"}
+    events = doc["paths"]["/events"]["post"]["responses"]
+    assert "202" in events and "200" not in events and {"401", "409", "429"} <= set(events)
+    err = doc["components"]["schemas"]["InvalidArgument"]["properties"]
+    assert err["error"]["type"] == err["detail"]["type"] == "string"
+    # a refused request is logged on one line, without a traceback
+    s.post("/recommend", {"user_id": "not-an-int"})
+    time.sleep(0.3)
+    assert "Traceback" not in s.log_path.read_text()
+
+
+@pytest.mark.slow
+def test_schemathesis_conformance(env) -> None:
+    """Schema-generated requests (seeded, bounded) against the live server: no 5xx, every status, content
+    type and body as the OpenAPI document declares, schema-invalid requests rejected."""
+    st = Path(sys.executable).parent / "st"
+    if not st.exists():
+        pytest.skip("schemathesis is not installed (pip install -e '.[dev]')")
+    s = env["srv"]
+    checks = ("not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,"
+              "negative_data_rejection")
+    r = subprocess.run([str(st), "run", f"{s.url}/docs.json", "--url", s.url, "--max-examples", "25",
+                        "--seed", "7", "--checks", checks, "--header", f"Authorization: Bearer {ADMIN}",
+                        "--workers", "2", "--no-color", "--request-timeout", "20"],
+                       check=False, capture_output=True, text=True, timeout=240)
+    print(r.stdout[-3000:])  # the summary: operations, test cases, checks
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-2000:]
+    assert "4 passed" in r.stdout or "4 operations" in r.stdout.replace("4 passed", "4 operations")
+
+
+def test_read_auth_when_configured(built, tmp_path: Path) -> None:
+    """serving.read_auth: reads need PI2I_READ_TOKEN (or the write/admin token); probes stay open."""
+    registry = str(tmp_path / "registry")
+    reg.publish(registry, built["i2i"], built["model"], built["metrics"])
+    srv = Server(registry, _config(tmp_path, poll_s=0, read_auth=True), tmp_path / "server.log",
+                 env={"PI2I_READ_TOKEN": "reader"})
+    try:
+        srv.wait_ready()
+        c = srv.client
+        assert c.get("/livez").status_code == 200 and c.get("/readyz").status_code == 200
+        for path in ("/recommend", "/similar"):
+            assert c.post(path, json={"user_id": 1, "item_id": 1}).status_code == 401
+        assert c.get("/metrics").status_code == 401 and c.get("/version").status_code == 401
+        for token in ("reader", WRITE, ADMIN):
+            h = {"authorization": f"Bearer {token}"}
+            assert c.post("/recommend", json={"user_id": 1, "k": 3}, headers=h).status_code == 200
+            assert c.get("/metrics", headers=h).status_code == 200
+        assert "registry" not in c.get("/version", headers={"authorization": "Bearer reader"}).json()
+        assert c.post("/events", json={"user_id": 1, "item_id": 1},
+                      headers={"authorization": "Bearer reader"}).status_code == 401
+    finally:
+        srv.stop()
+
+
+def test_startup_falls_back_when_current_is_corrupt(built, tmp_path: Path) -> None:
+    """A fresh instance whose CURRENT is corrupt serves the newest verified version in HISTORY, and says so."""
+    registry = str(tmp_path / "registry")
+    v1 = reg.publish(registry, built["i2i"], built["model"], built["metrics"])
+    Path(registry, reg.CURRENT_FILE).write_bytes(b"\x00\xffnot a version\n")
+    srv = Server(registry, _config(tmp_path, poll_s=0), tmp_path / "server.log")
+    try:
+        srv.wait_ready()
+        public = srv.version(detail=False)
+        assert public["version"] == v1 and public["source"] == "fallback"
+        assert srv.version()["fallback"]["version"] == v1 and "CURRENT" in srv.version()["fallback"]["reason"]
+        assert re.search(r"^pi2i_serving_fallback(\{[^}]*\})? 1\.0$", srv.client.get("/metrics").text, re.M)
+        assert srv.post("/recommend", {"user_id": built["warm_user"], "k": 3}).json()["version"] == v1
+    finally:
+        srv.stop()
 
 
 # ------------------------------------------------------------------------------------------------ hot swap
@@ -292,6 +483,9 @@ def test_hot_swap_under_load_zero_failures(env) -> None:
     reg.promote(registry, v2)
     rr = s.post("/admin/reload")
     swapped_at = time.monotonic()
+    # no stampede: the users served before the swap were pre-computed for v2 before it went live
+    warm = s.post("/recommend", {"user_id": b["warm_user"], "k": 10}).json()
+    assert warm["version"] == v2 and warm["source"] == "cache", warm
     time.sleep(1.5)
     stop.set()
     for t in threads:
@@ -337,18 +531,20 @@ def redis_server(tmp_path: Path):
     if exe is None:
         pytest.skip("redis-server not installed (Debian: apt-get install redis-server; `make test` does it)")
     port = _free_port()
+    password = "redis-test-password"
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-                             "--dir", str(tmp_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                             "--dir", str(tmp_path), "--requirepass", password],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     import redis
 
-    r = redis.Redis(port=port)
+    r = redis.Redis(port=port, password=password)
     for _ in range(100):
         try:
             r.ping()
             break
         except redis.ConnectionError:
             time.sleep(0.05)
-    yield {"url": f"redis://127.0.0.1:{port}/0", "client": r, "proc": proc}
+    yield {"url": f"redis://127.0.0.1:{port}/0", "client": r, "proc": proc, "password": password}
     if proc.poll() is None:
         proc.kill()
         proc.wait(5)
@@ -357,15 +553,28 @@ def redis_server(tmp_path: Path):
 def test_redis_cache_then_redis_killed(built, redis_server, tmp_path: Path) -> None:
     registry = str(tmp_path / "registry")
     v1 = reg.publish(registry, built["i2i"], built["model"], built["metrics"])
-    srv = Server(registry, _config(tmp_path, poll_s=0), tmp_path / "server.log", redis_url=redis_server["url"])
+    srv = Server(registry, _config(tmp_path, poll_s=0), tmp_path / "server.log", redis_url=redis_server["url"],
+                 env={"REDIS_PASSWORD": redis_server["password"]})  # Redis requires auth (a k8s Secret)
     try:
         srv.wait_ready()
         assert srv.version()["cache"]["kind"] == "redis"
         user = built["warm_user"]
-        assert srv.post("/recommend", {"user_id": user, "k": 5}).json()["source"] == "computed"
+        first = srv.post("/recommend", {"user_id": user, "k": 5}).json()
+        assert first["source"] == "computed"
         assert srv.post("/recommend", {"user_id": user, "k": 5}).json()["source"] == "cache"
         keys = [k.decode() for k in redis_server["client"].keys("pi2i:*")]
-        assert keys == [f"pi2i:{v1}:{user}:1"]  # the key names the version
+        key = f"pi2i:{v1}:{user}:1"
+        assert keys == [key]  # the key names the version
+        # cache integrity: a malformed value and a forged one (valid layout, wrong signature) are recomputed
+        good = redis_server["client"].get(key)
+        forged = bytearray(good)
+        forged[-200] ^= 0x55
+        for bad in (b"\x00garbage", bytes(forged), good[:-3]):
+            redis_server["client"].set(key, bad)
+            r = srv.post("/recommend", {"user_id": user, "k": 5})
+            assert r.status_code == 200 and r.json()["source"] == "computed", r.text
+            assert r.json()["items"] == first["items"]
+        assert srv.version()["cache"]["rejected"] == 3
         redis_server["proc"].kill()
         redis_server["proc"].wait(5)
         for i in range(5):
@@ -381,34 +590,52 @@ def test_redis_cache_then_redis_killed(built, redis_server, tmp_path: Path) -> N
 
 # ------------------------------------------------------------------------------------------------ units
 
-def test_history_store_seed_append_reseed() -> None:
+def test_history_store_seed_append_with_seed_bounded() -> None:
     ts = pa.list_(pa.timestamp("us", tz="UTC"))
     seed = pa.table({"user_id": pa.array([5, 1], pa.int64()),
                      "items": pa.array([[10, 11], [20]], pa.list_(pa.int64())),
                      "ts": pa.array([[1, 2], [5]], pa.list_(pa.int64())).cast(ts)})
-    h = InMemoryHistoryStore(seed, max_len=3)
+    h = InMemoryHistoryStore(seed, max_len=3, max_users=2)
     assert h.get(5)[0].tolist() == [10, 11] and h.get(1)[1].tolist() == [5]
     assert h.get(99)[0].tolist() == []
     h.append(5, 12, 4)
     h.append(5, 13, 3)  # late click: kept in time order
     assert h.get(5)[0].tolist() == [11, 13, 12]  # last max_len
+    h.append(5, 9, 0)  # older than the seed's clicks: merged in time order (then cut to the last max_len)
+    assert h.get(5)[1].tolist() == [2, 3, 4]
     h.append(99, 1, 7)
     assert h.get(99)[0].tolist() == [1]
-    newer = pa.table({"user_id": pa.array([5], pa.int64()), "items": pa.array([[30]], pa.list_(pa.int64())),
-                      "ts": pa.array([[3]], pa.list_(pa.int64())).cast(ts)})
-    h.reseed(newer)  # online clicks newer than the new seed survive
-    assert h.get(5)[0].tolist() == [30, 12] and h.get(1)[0].tolist() == []
+    newer = pa.table({"user_id": pa.array([5], pa.int64()), "items": pa.array([[30, 13]], pa.list_(pa.int64())),
+                      "ts": pa.array([[1, 3]], pa.list_(pa.int64())).cast(ts)})
+    h2 = h.with_seed(newer)  # online clicks survive a swap; one the new seed holds (13 @ 3) counts once
+    assert h2.get(5)[0].tolist() == [30, 13, 12] and h2.get(1)[0].tolist() == []
+    h2.append(99, 2, 8)
+    assert h.get(99)[0].tolist() == [1, 2]  # the overlay is shared by both views
+    for u in range(100, 110):  # at most max_users users keep online clicks (LRU): memory is bounded
+        h.append(u, 1, 1)
+    assert h.online_users() == 2 and h.get(100)[0].tolist() == [] and h.get(109)[0].tolist() == [1]
 
 
-def test_cached_rec_roundtrip() -> None:
-    from pi2i.online.runtime import CachedRec, fingerprint
+def test_cached_rec_roundtrip_and_integrity() -> None:
+    from pi2i.online.runtime import CacheCorrupt, CachedRec, fingerprint
 
+    key = b"k" * 32
     c = CachedRec(fingerprint(np.array([1, 2]), np.array([3, 4])), np.array([7, 8, 9]),
-                  np.array([0.5, 0.25, 0.0], np.float32), np.array([0, 2, 3, 3]), np.array([1, 2, 2]), 40, 2, 1.5)
-    d = CachedRec.from_bytes(c.to_bytes())
+                  np.array([0.5, 0.25, 0.0], np.float32), np.array([0, 2, 3, 3]), np.array([1, 2, 2]),
+                  np.array([0.75, 0.25, 1.0], np.float32), 40, 2, 1.5)
+    raw = c.to_bytes(key)
+    d = CachedRec.from_bytes(raw, key)
     assert d.answer(2) == c.answer(2) == {"items": [7, 8], "scores": [0.5, 0.25], "triggers": [[1, 2], [2]],
+                                          "trigger_weights": [[0.75, 0.25], [1.0]],
                                           "num_candidates": 40, "num_personalized": 2}
     assert fingerprint(np.array([1, 2]), np.array([3, 4])) != fingerprint(np.array([1, 2]), np.array([3, 5]))
+    forged = bytearray(raw)
+    forged[-60] ^= 1  # one bit of the payload
+    for bad in (b"", b"garbage", raw[:-1], bytes(forged), raw[:4] + b"\0" * 32 + raw[36:]):
+        with pytest.raises(CacheCorrupt):
+            CachedRec.from_bytes(bad, key)
+    with pytest.raises(CacheCorrupt, match="authentication"):
+        CachedRec.from_bytes(raw, b"another version's key")
 
 
 def test_feast_history_store_drives_recommendations(built, tmp_path: Path) -> None:
@@ -434,12 +661,46 @@ def test_feast_history_store_drives_recommendations(built, tmp_path: Path) -> No
         assert a["source"] == "computed" and rec.recommend(user, 5)["source"] == "cache"
         new_user = 8_000_000
         assert rec.recommend(new_user, 5)["source"] == "fallback"
-        rec.record_event(new_user, int(built["warm_items"][0]), 1_900_000_000_000_000)
+        rec.record_event(new_user, int(built["warm_items"][0]), time.time_ns() // 1000)
         assert store.get(new_user)[0].tolist() == [int(built["warm_items"][0])]
         deadline = time.monotonic() + 10
         while rec.pending() and time.monotonic() < deadline:
             time.sleep(0.01)
         assert rec.recommend(new_user, 5)["source"] in ("cache", "computed")
+    finally:
+        rec.close()
+
+
+def test_serves_any_method_with_explanations(built, tmp_path: Path) -> None:
+    """A version whose model dir records another method (method.json) is served through the Retriever
+    interface: the same list as the method itself, with per-item explanations (triggers, contributions)."""
+    from pi2i.config import ServingConfig, load_config
+    from pi2i.ibs.i2i import I2IIndex
+    from pi2i.methods import get_method
+    from pi2i.methods.base import PAD, Histories, TrainInputs
+    from pi2i.online.runtime import OnlineRecommender
+
+    swing = get_method("swing").fit(TrainInputs(i2i=I2IIndex.load(built["i2i"])), load_config(None))
+    model_dir = tmp_path / "swing-model"
+    swing.save(str(model_dir))
+    registry = str(tmp_path / "registry")
+    reg.publish(registry, built["i2i"], str(model_dir))
+    rec = OnlineRecommender(registry, ServingConfig(poll_s=0, cache_k=20))
+    try:
+        assert rec.reload()["status"] == "swapped" and rec.live is not None and rec.live.method == "swing"
+        user, now = 9_000_000, time.time_ns() // 1000  # this model dir has no seed histories: clicks make one
+        for i, item in enumerate(built["warm_items"][:5]):
+            rec.record_event(user, int(item), now - 1000 + i)
+        out = rec.recommend(user, 10)
+        items, ts = rec.live.history.get(user)
+        ref = swing.recommend(Histories.from_lists([(items, ts)]), 20, exclude_seen=True, explain=True)
+        expect = [i for i in ref.items[0].tolist() if i != PAD][:10]
+        n = out["num_personalized"]
+        assert out["method"] == "swing" and out["source"] in ("computed", "cache") and n > 0
+        assert out["items"][:n] == expect[:n] and not set(out["items"]) & set(items.tolist())
+        for trig, w in zip(out["triggers"][:n], out["trigger_weights"][:n]):
+            assert trig and set(trig) <= set(items.tolist()) and w == sorted(w, reverse=True) and w[0] > 0
+        assert rec.recommend(user, 10) == {**out, "source": "cache"}
     finally:
         rec.close()
 
@@ -456,7 +717,7 @@ def test_startup_on_corrupt_current_is_not_ready(built, tmp_path: Path) -> None:
     try:
         res = rec.reload()
         assert res["status"] == "failed" and "checksum mismatch i2i_table.parquet" in res["error"]
-        assert not rec.ready and rec.info()["last_error"]["version"] == v
+        assert not rec.ready and rec.info(detail=True)["last_error"]["version"] == v
         with pytest.raises(Unavailable, match="no live version"):
             rec.recommend(1, 5)
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import subprocess
@@ -45,11 +46,11 @@ def brute_swing(rows: list[tuple[int, int, int]], alpha: float) -> dict[int, dic
             U[i].add(u)
     w = {u: 1.0 / math.sqrt(len(items)) for u, items in I.items()}
     out: dict[int, dict[int, float]] = defaultdict(dict)
-    for i in U:
-        for j in U:
+    for i, users_i in U.items():
+        for j, users_j in U.items():
             if i == j:
                 continue
-            common = sorted(U[i] & U[j])
+            common = sorted(users_i & users_j)
             s = 0.0
             for a in range(len(common)):
                 for b in range(a + 1, len(common)):
@@ -83,7 +84,7 @@ def assert_matches_brute(table: pa.Table, rows, alpha: float, top_t: int) -> Non
             assert j in full
             assert s == pytest.approx(full[j], rel=1e-5, abs=1e-7)
         # order: non-increasing score, equal scores by ascending target id
-        for (j1, s1, _), (j2, s2, _) in zip(row, row[1:]):
+        for (j1, s1, _), (j2, s2, _) in itertools.pairwise(row):
             assert s1 > s2 or (s1 == s2 and j1 < j2)
         # the cut keeps the best: nothing left out scores more than the last kept (up to float tolerance)
         last = row[-1][1]
@@ -191,10 +192,10 @@ def test_user_sample_semantics_vs_bruteforce():
     for u, i, _ in rows:
         I[u].add(i)
     ref: dict[int, dict[int, float]] = defaultdict(dict)
-    for i in sampled:
-        for j in sampled:
+    for i, users_i in sampled.items():
+        for j, users_j in sampled.items():
             if i != j:
-                c = sorted(sampled[i] & sampled[j])
+                c = sorted(users_i & users_j)
                 if len(c) >= 2:
                     ref[i][j] = sum(len(I[u]) ** -0.5 * len(I[v]) ** -0.5 / (0.5 + len(I[u] & I[v]))
                                     for x, u in enumerate(c) for v in c[x + 1:])
@@ -272,7 +273,7 @@ def test_cli_contract(tmp_path: Path):
     cmd = [sys.executable, "-c", "from pi2i.cli import main; main()", "swing", "--events", str(events),
            "--out", str(out), "--top-t", "5", "--alpha", "0.5", "--max-items-per-user", "0",
            "--max-users-per-item", "0"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
+    r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     t = pq.read_table(out)
     assert t.schema.names == ["trigger", "target", "score", "rank"]
@@ -285,20 +286,20 @@ def test_cli_contract(tmp_path: Path):
     cfgf = tmp_path / "c.yaml"
     cfgf.write_text("swing:\n  top_t: 3\n  alpha: 0.5\n")
     r = subprocess.run(cmd[:3] + ["swing", "--events", str(events), "--out", str(out), "--config", str(cfgf)],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     assert pq.read_table(out).column("rank").to_numpy().max() == 3
     r = subprocess.run(cmd[:3] + ["swing", "--events", str(events), "--out", str(out), "--config", str(cfgf),
-                                  "--top-t", "4"], capture_output=True, text=True)
+                                  "--top-t", "4"], capture_output=True, text=True, check=False)
     assert r.returncode == 0 and pq.read_table(out).column("rank").to_numpy().max() == 4
     # errors: one line, exit 2
     r = subprocess.run(cmd[:3] + ["swing", "--events", str(events), "--out", str(out), "--top-t", "0"],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, check=False)
     assert r.returncode == 2 and "top" in r.stderr.lower() and "Traceback" not in r.stderr
     empty = tmp_path / "empty.parquet"
     pq.write_table(make_events([]), empty)
     r = subprocess.run(cmd[:3] + ["swing", "--events", str(empty), "--out", str(out)], capture_output=True,
-                       text=True)
+                       text=True, check=False)
     assert r.returncode == 2 and "empty" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -370,7 +371,7 @@ def test_sweep_cli(tmp_path: Path):
     out = tmp_path / "sweep"
     r = subprocess.run([sys.executable, "-c", "from pi2i.cli import main; main()", "swing", "sweep", "--train",
                         str(tmp_path / "s" / "train"), "--test", str(tmp_path / "s" / "test"), "--out", str(out),
-                        "--ladder", "5,10,50,100", "--exclude-history"], capture_output=True, text=True)
+                        "--ladder", "5,10,50,100", "--exclude-history"], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     for f in ("sweep.parquet", "sweep.csv", "sweep.png", "sweep.json"):
         assert (out / f).stat().st_size > 0

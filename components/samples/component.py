@@ -9,13 +9,12 @@ from components.image import PINNED_IMAGE
 @dsl.component(base_image=PINNED_IMAGE, install_kfp_package=False)
 def samples(train: Input[Dataset], i2i: Input[Dataset], config: dict, samples: Output[Dataset]):
     """``pi2i.prs.sampling.build_samples`` from the training clicks and the i2i table."""
-    import os
-
     from pi2i.config import parse_config
+    from pi2i.contracts import exists, join
     from pi2i.prs.sampling import build_samples
 
     cfg = parse_config(config)
-    items = os.path.join(train.path, "items.parquet")
-    stats = build_samples(os.path.join(train.path, "events.parquet"), os.path.join(i2i.path, "i2i_table.parquet"),
-                          samples.path, cfg, items_uri=items if os.path.exists(items) else None)
+    items = join(train.path, "items.parquet")
+    stats = build_samples(join(train.path, "events.parquet"), join(i2i.path, "i2i_table.parquet"),
+                          samples.path, cfg, items_uri=items if exists(items) else None)
     samples.metadata.update({k: v for k, v in (stats or {}).items() if isinstance(v, (int, float, str))})

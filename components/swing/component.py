@@ -10,22 +10,19 @@ from components.image import PINNED_IMAGE
 def swing(train: Input[Dataset], config: dict, compute: str, namespace: str, staging_uri: str, run_id: str,
           i2i: Output[Dataset]):
     """``pi2i.ibs.swing.run_swing`` over ``train/events.parquet`` into ``i2i/i2i_table.parquet`` (+ stats json)."""
-    import json
-    import os
-
     from components._common import remote_uri, run_ray_step
     from pi2i.config import parse_config
-    from pi2i.contracts import join
+    from pi2i.contracts import exists, join, makedirs, read_json
 
     cfg = parse_config(config)
-    os.makedirs(i2i.path, exist_ok=True)
-    out = os.path.join(i2i.path, "i2i_table.parquet")
+    makedirs(i2i.path)
+    out = join(i2i.path, "i2i_table.parquet")
     remote_out = join(staging_uri or "", run_id, "swing")
 
     def local():
         from pi2i.ibs.swing import run_swing
 
-        return run_swing(os.path.join(train.path, "events.parquet"), out, cfg.swing, cfg.swing.workers)
+        return run_swing(join(train.path, "events.parquet"), out, cfg.swing, cfg.swing.workers)
 
     run_ray_step(
         "swing", compute, local,
@@ -33,7 +30,6 @@ def swing(train: Input[Dataset], config: dict, compute: str, namespace: str, sta
          "--out", join(remote_out, "i2i_table.parquet"), "--config", "{config}", "--no-progress"],
         remote_out, i2i.path, namespace, run_id, config=config)
     stats_path = out + ".stats.json"
-    if os.path.exists(stats_path):
-        with open(stats_path) as f:
-            stats = json.load(f)
+    if exists(stats_path):
+        stats = read_json(stats_path)
         i2i.metadata.update({k: v for k, v in stats.items() if isinstance(v, (int, float, str))})

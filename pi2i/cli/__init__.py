@@ -1,8 +1,10 @@
 """The ``pi2i`` command line: a thin typer shell over the core package.
 
-Each area registers its commands from its own module (``pi2i/cli/<area>.py`` exposes ``register(app)``).
-Failures that are the user's to fix (bad input, bad config) exit non-zero with one line on stderr, no traceback;
-``PI2I_DEBUG=1`` shows the traceback.
+Each area registers its commands from its own module: ``pi2i/cli/<area>.py`` exposes ``register(app)``,
+which builds the area's sub-app (``typer.Typer(help=HELP)``, commands added with ``@x_app.command("name")``)
+and adds it with ``app.add_typer``, or adds top-level commands with ``@app.command("name")``; ``_AREAS`` lists
+the areas. Failures that are the user's to fix (bad input, bad config) exit non-zero with one line on stderr,
+no traceback; ``PI2I_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -15,13 +17,14 @@ import typer
 
 app = typer.Typer(
     name="pi2i",
-    help="Personalized item-to-item retrieval: Swing index + target-attention scorer, trained daily, served live.",
+    help="Personalized item-to-item retrieval: Swing index + target-attention scorer, trained daily, "
+         "served live.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
 
-_AREAS = ("data", "features", "swing", "prs", "evaluate", "versions", "pipeline")
+_AREAS = ("config", "data", "features", "swing", "prs", "evaluate", "versions", "serve", "pipeline", "augment")
 
 
 class UserError(Exception):
@@ -42,18 +45,6 @@ def _register_all() -> None:
 @app.callback()
 def _root() -> None:
     """pi2i: build the Swing index, train the personalized scorer, evaluate, publish and serve."""
-
-
-@app.command("config")
-def config_cmd(
-    config: str = typer.Option(None, "--config", help="YAML file to validate and merge over the defaults"),
-) -> None:
-    """Print the effective configuration (defaults merged with --config), validated."""
-    import yaml
-
-    from pi2i.config import load_config
-
-    typer.echo(yaml.safe_dump(load_config(config).model_dump(), sort_keys=False), nl=False)
 
 
 _register_all()

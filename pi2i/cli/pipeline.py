@@ -112,19 +112,41 @@ def run_cmd(
                    f"({result['live']})", err=True)
 
 
+#: Where the cluster's data, registry and RayJob staging live unless told otherwise: the object-store layout of
+#: k8s/README.md (the registry is the serving ConfigMap's PI2I_REGISTRY). Each is also read from the environment.
+SUBMIT_DEFAULTS = {"data_uri": "s3://pi2i/data/latest", "registry_uri": "s3://pi2i/registry",
+                   "staging_uri": "s3://pi2i/staging"}
+
+
+def _cluster_uri(flag: str, uri: str) -> str:
+    """Pipeline inputs must be URIs every pod can open (an object store), never a path on this machine."""
+    from pi2i.cli import UserError
+
+    if "://" not in uri or uri.startswith("file://"):
+        raise UserError(f"{flag} {uri!r}: the cluster cannot read a local path; give an object-store URI "
+                        f"(s3://bucket/prefix or gs://bucket/prefix)")
+    return uri.rstrip("/")
+
+
 @pipeline_app.command("submit")
 def submit_cmd(
-    host: Annotated[str, typer.Option("--host", help="KFP API endpoint, e.g. http://ml-pipeline-ui.kubeflow")],
-    data_uri: Annotated[str, typer.Option("--data-uri", help="object-store data dir the daily run reads")] = "",
-    registry_uri: Annotated[str, typer.Option("--registry-uri", help="object-store registry")] = "",
+    host: Annotated[str, typer.Option("--host", envvar="KFP_HOST",
+                                      help="KFP API endpoint, e.g. http://ml-pipeline-ui.kubeflow")],
+    data_uri: Annotated[str, typer.Option("--data-uri", envvar="PI2I_DATA_URI",
+                                          help="object-store data dir the daily run reads")]
+    = SUBMIT_DEFAULTS["data_uri"],
+    registry_uri: Annotated[str, typer.Option("--registry-uri", envvar="PI2I_REGISTRY",
+                                              help="object-store version registry")]
+    = SUBMIT_DEFAULTS["registry_uri"],
     cron: Annotated[str, typer.Option("--cron", help="6-field cron, seconds first")] = "0 0 3 * * *",
     experiment: Annotated[str, typer.Option("--experiment")] = "pi2i",
     package: Annotated[Path | None, typer.Option("--package", help="compiled YAML (default: compile now)")]
     = None,
     compute: Annotated[str, typer.Option("--compute", help="local|rayjob")] = "rayjob",
     train_gpus: Annotated[int, typer.Option("--train-gpus", min=0)] = 1,
-    staging_uri: Annotated[str, typer.Option("--staging-uri", help="object-store prefix for RayJob output")]
-    = "",
+    staging_uri: Annotated[str, typer.Option("--staging-uri", envvar="PI2I_STAGING_URI",
+                                             help="object-store prefix for RayJob output")]
+    = SUBMIT_DEFAULTS["staging_uri"],
     config: ConfigOpt = None,
 ) -> None:
     """Upload a pipeline version (named <date>-<git sha>) and create/replace the daily recurring run."""
@@ -138,14 +160,22 @@ def submit_cmd(
         validate_cron(cron)
     except ValueError as e:
         raise UserError(str(e)) from None
-    if not data_uri or not registry_uri:
-        raise UserError("--data-uri and --registry-uri are required (object-store URIs the cluster can read)")
-    pkg = package or compile_pipeline(Path(tempfile.mkdtemp()) / "pi2i_daily.yaml")
-    params = {"data_uri": data_uri, "registry_uri": registry_uri, "config": _config(None, config),
-              "compute": compute, "train_gpus": train_gpus, "staging_uri": staging_uri,
-              "deploy_target": "kubernetes",
+    if compute not in ("local", "rayjob"):
+        raise UserError(f"--compute must be local or rayjob, got {compute!r}")
+    if package is not None and not package.is_file():
+        raise UserError(f"--package: no such file: {package}")
+    params = {"data_uri": _cluster_uri("--data-uri", data_uri),
+              "registry_uri": _cluster_uri("--registry-uri", registry_uri),
+              "config": _config(None, config), "compute": compute, "train_gpus": train_gpus,
+              "staging_uri": _cluster_uri("--staging-uri", staging_uri), "deploy_target": "kubernetes",
               "feature_store_yaml": "feature_repo/feature_store.redis.yaml"}
-    typer.echo(json.dumps(submit(host, params, cron=cron, experiment=experiment, package=pkg), indent=2))
+    pkg = package or compile_pipeline(Path(tempfile.mkdtemp()) / "pi2i_daily.yaml")
+    try:
+        result = submit(host, params, cron=cron, experiment=experiment, package=pkg)
+    except Exception as e:
+        reason = " ".join(str(e).split())[:300]
+        raise UserError(f"submitting to Kubeflow Pipelines at {host} failed: {type(e).__name__}: {reason}") from e
+    typer.echo(json.dumps(result, indent=2))
 
 
 def demo_cmd(
@@ -156,8 +186,8 @@ def demo_cmd(
     preset: Annotated[str, typer.Option("--preset", help="synthetic data preset")] = "demo",
 ) -> None:
     """The whole thing on one machine: demo data -> daily pipeline (kfp.local) -> live service on localhost."""
-    from pi2i.publish import registry as reg
     from pi2i.cli import UserError
+    from pi2i.publish import registry as reg
     from pipelines.run_local import CONFIG_PRESETS, run_local
 
     data, registry, work = out / "data", out / "registry", out / "pipeline-work"

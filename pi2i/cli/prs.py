@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import typer
 
@@ -60,10 +59,11 @@ def register(app: typer.Typer) -> None:
         """Train the target-attention scorer with Ray Train and write a self-contained model directory."""
         from pi2i.cli import UserError
         from pi2i.config import load_config
+        from pi2i.contracts import isdir, join
         from pi2i.prs.sampling import SAMPLES_SUBDIR
         from pi2i.prs.train import train
 
-        if not os.path.isdir(os.path.join(samples, SAMPLES_SUBDIR)):
+        if not isdir(join(samples, SAMPLES_SUBDIR)):
             raise UserError(f"--samples: {samples} is not a samples directory (run `pi2i samples` first)")
         ov = {k: v for k, v in {"epochs": epochs, "num_workers": workers, "batch_size": batch_size,
                                     "max_batches_per_epoch": max_batches, "storage_path": storage}.items()

@@ -1,16 +1,13 @@
-"""``pi2i versions ...``: the version registry; ``pi2i serve``: the BentoML service over a registry."""
+"""``pi2i versions ...``: the version registry (``pi2i serve`` lives in :mod:`pi2i.cli.serve`)."""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import sys
 
 import typer
 
 HELP = ("Version registry (registry/<version>/ with i2i_table.parquet, model/, metrics.json, MANIFEST.json; "
-        "CURRENT names the live one): publish, list, show, promote, rollback, verify.")
+        "CURRENT names the live one): publish, list, show, promote, rollback, verify, resolve, gc.")
 
 _REG = typer.Option(..., "--registry", "-r", help="registry directory or URI (file://, s3://, gs://)")
 
@@ -29,12 +26,19 @@ def register(app: typer.Typer) -> None:
         i2i: str = typer.Option(..., "--i2i", help="i2i table parquet (trigger, target, score, rank)"),
         model: str = typer.Option(..., "--model", help="model dir written by `pi2i prs train`"),
         metrics: str | None = typer.Option(None, "--metrics", help="metrics.json of the evaluation/gate"),
-        promote: bool = typer.Option(False, "--promote", help="make it live (the first version always is)"),
+        promote: bool = typer.Option(False, "--promote",
+                                     help="make it live (the first version is, unless its gate failed)"),
+        force: bool = typer.Option(False, "--force", help="promote even if metrics.json says gate.passed: false"),
+        reason: str | None = typer.Option(None, "--reason", help="why (logged in HISTORY with --force)"),
     ) -> None:
-        """Publish a new immutable version; prints its id."""
+        """Publish a new immutable version; prints its id. ``--promote`` refuses a failed gate unless ``--force``."""
         from pi2i.publish import registry as reg
 
-        typer.echo(reg.publish(registry, i2i, model, metrics_uri=metrics, promote=promote))
+        version = reg.publish(registry, i2i, model, metrics_uri=metrics, promote=promote, force=force,
+                              reason=reason)
+        if not promote and reg.resolve_serving_version(registry, check=False).version is None:
+            typer.echo(f"warning: {version} is not live: its evaluation gate failed", err=True)
+        typer.echo(version)
 
     @versions.command("list")
     def list_(registry: str = _REG,
@@ -42,7 +46,12 @@ def register(app: typer.Typer) -> None:
         """List versions, oldest first; the live one is marked with *."""
         from pi2i.publish import registry as reg
 
-        vs, live = reg.list_versions(registry), reg.current(registry)
+        vs = reg.list_versions(registry)
+        try:
+            live = reg.current(registry)
+        except reg.RegistryError as e:  # still list what is there: the operator needs it to repair
+            live = None
+            typer.echo(f"warning: {e}", err=True)
         if as_json:
             _echo([{"version": v, "live": v == live} for v in vs])
             return
@@ -58,11 +67,13 @@ def register(app: typer.Typer) -> None:
         _echo(reg.show(registry, version))
 
     @versions.command("promote")
-    def promote(registry: str = _REG, version: str = typer.Argument(..., help="version id")) -> None:
-        """Verify a version and make it live (CURRENT replaced atomically)."""
+    def promote(registry: str = _REG, version: str = typer.Argument(..., help="version id"),
+                force: bool = typer.Option(False, "--force", help="promote even if its gate failed"),
+                reason: str | None = typer.Option(None, "--reason", help="why (logged in HISTORY)")) -> None:
+        """Verify a version and make it live (CURRENT replaced atomically); a failed gate needs --force."""
         from pi2i.publish import registry as reg
 
-        reg.promote(registry, version)
+        reg.promote(registry, version, force=force, reason=reason)
         typer.echo(version)
 
     @versions.command("rollback")
@@ -76,51 +87,34 @@ def register(app: typer.Typer) -> None:
     def verify(registry: str = _REG,
                version: str | None = typer.Argument(None, help="version id (default: the live one)")) -> None:
         """Re-hash every file against MANIFEST.json; exit 2 naming each mismatch."""
-        from pi2i.publish import registry as reg
         from pi2i.cli import UserError
+        from pi2i.publish import registry as reg
 
         version = version or reg.current(registry)
         if version is None:
             raise UserError(f"registry {registry} has no live version")
         _echo(reg.verify(registry, version))
 
-    @app.command("serve")
-    def serve(
-        registry: str = typer.Option(..., "--registry", "-r", help="registry directory or URI"),
-        port: int | None = typer.Option(None, "--port", "-p", help="TCP port (default serving.port, 3000)"),
-        host: str | None = typer.Option(None, "--host", help="bind address (default 127.0.0.1)"),
-        redis_url: str | None = typer.Option(None, "--redis-url", help="cache in Redis, e.g. redis://h:6379/0"),
-        feature_repo: str | None = typer.Option(None, "--feature-repo",
-                                                   help="Feast repo: online histories from its online store"),
-        config: str | None = typer.Option(None, "--config", help="YAML config (the serving section)"),
-    ) -> None:
-        """Serve the registry's live version (BentoML) on host:port until stopped."""
-        from pi2i.publish import registry as reg
+    @versions.command("resolve")
+    def resolve(registry: str = _REG) -> None:
+        """The version a starting server would load: CURRENT if it verifies, else the newest verified one in
+        HISTORY (with the reason); exit 2 when none verifies."""
         from pi2i.cli import UserError
-        from pi2i.config import load_config
-        from pi2i.contracts import exists
+        from pi2i.publish import registry as reg
 
-        overrides = {k: v for k, v in {"port": port, "host": host, "redis_url": redis_url}.items() if v is not None}
-        cfg = load_config(config, {"serving": overrides} if overrides else None).serving
-        if "://" not in registry:
-            registry = os.path.abspath(registry)
-        if not exists(registry):
-            raise UserError(f"registry not found: {registry}")
-        if reg.current(registry) is None:
-            typer.echo(f"warning: registry {registry} has no live version yet; /readyz stays 503 until one is "
-                       "promoted", err=True)
-        if feature_repo and not os.path.isdir(feature_repo):
-            raise UserError(f"feature repo not found: {feature_repo}")
-        env = dict(os.environ, PI2I_REGISTRY=registry)
-        if config:
-            env["PI2I_CONFIG"] = os.path.abspath(config) if "://" not in config else config
-        if cfg.redis_url:
-            env["PI2I_REDIS_URL"] = cfg.redis_url
-        if feature_repo:
-            env["PI2I_FEATURE_REPO"] = os.path.abspath(feature_repo)
-        bentoml = shutil.which("bentoml", path=os.path.dirname(sys.executable)) or shutil.which("bentoml")
-        argv = [sys.executable, "-m", "bentoml"] if bentoml is None else [bentoml]
-        argv += ["serve", "serving.service:PI2IService", "--host", cfg.host, "--port", str(cfg.port)]
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.execvpe(argv[0], argv, env)  # signals (Ctrl-C, SIGTERM) go straight to the BentoML server
+        choice = reg.resolve_serving_version(registry)
+        _echo(choice.to_dict())
+        if choice.version is None:
+            raise UserError(choice.reason)
+
+    @versions.command("gc")
+    def gc(registry: str = _REG,
+           older_than: float = typer.Option(3600.0, "--older-than", min=0.0,
+                                            help="seconds: leave younger leftovers alone"),
+           dry_run: bool = typer.Option(False, "--dry-run", help="list what would be removed")) -> None:
+        """Remove what crashed publishes left (.staging-* dirs no live writer holds, incomplete versions on
+        object stores, temp files) when older than --older-than; prints each path."""
+        from pi2i.publish import registry as reg
+
+        for path in reg.gc(registry, ttl_s=older_than, dry_run=dry_run):
+            typer.echo(path)

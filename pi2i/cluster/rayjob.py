@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 GROUP, VERSION, PLURAL, KIND = "ray.io", "v1", "rayjobs", "RayJob"
-RAY_VERSION = "2.60.0"
-DEFAULT_IMAGE = "ghcr.io/pi2i/pi2i:0.1.0"  # same pin as components/image.py (pi2i/ must not import components/)
+RAY_VERSION = "2.60.0"  # the ray pin of pyproject.toml: the image's Ray and the RayCluster's rayVersion agree
 
 
 class RayJobError(RuntimeError):
@@ -43,7 +42,10 @@ class RayJobState:
 
 
 def _pod_template(image: str, cpu: str, memory: str, gpus: int, env: dict[str, str], head: bool,
-                  service_account: str | None, env_from_secret: str | None) -> dict:
+                  service_account: str | None, env_from_secret: str | None, tmp_size: str, shm_size: str) -> dict:
+    """A hardened Ray node pod: non-root, read-only root, no capabilities, seccomp RuntimeDefault, no API token;
+    writable only ``/tmp`` (Ray's session dir, spilling, checkpoints) and ``/dev/shm`` (the object store),
+    both size-bounded."""
     resources = {"requests": {"cpu": cpu, "memory": memory}, "limits": {"cpu": cpu, "memory": memory}}
     if gpus:
         resources["limits"]["nvidia.com/gpu"] = str(gpus)
@@ -52,16 +54,23 @@ def _pod_template(image: str, cpu: str, memory: str, gpus: int, env: dict[str, s
         "name": "ray-head" if head else "ray-worker",
         "image": image,
         "resources": resources,
-        "env": [{"name": k, "value": v} for k, v in sorted(env.items())],
-        "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False},
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "env": [{"name": k, "value": v} for k, v in sorted({"HOME": "/tmp", **env}.items())],
+        "securityContext": {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False,
+                            "capabilities": {"drop": ["ALL"]}},
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}, {"name": "shm", "mountPath": "/dev/shm"}],
     }
     if env_from_secret:
         container["envFrom"] = [{"secretRef": {"name": env_from_secret}}]
     if head:
         container["ports"] = [{"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
                               {"containerPort": 10001, "name": "client"}]
-    spec: dict[str, Any] = {"containers": [container], "volumes": [{"name": "tmp", "emptyDir": {}}]}
+    spec: dict[str, Any] = {
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": tmp_size}},
+                    {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}}],
+    }
     if service_account:
         spec["serviceAccountName"] = service_account
     return {"spec": spec}
@@ -76,14 +85,18 @@ def job_name(step: str, run_id: str) -> str:
 def rayjob_manifest(
     name: str,
     entrypoint: Sequence[str] | str,
+    image: str,
     namespace: str = "pi2i",
-    image: str = DEFAULT_IMAGE,
     num_workers: int = 2,
     worker_cpu: str = "2",
     worker_memory: str = "4Gi",
     head_cpu: str = "1",
     head_memory: str = "2Gi",
     gpus_per_worker: int = 0,
+    head_tmp_size: str = "2Gi",
+    head_shm_size: str = "512Mi",
+    worker_tmp_size: str = "16Gi",
+    worker_shm_size: str = "4Gi",
     env: dict[str, str] | None = None,
     env_from_secret: str | None = None,
     service_account: str | None = None,
@@ -91,7 +104,8 @@ def rayjob_manifest(
     active_deadline_seconds: int | None = 6 * 3600,
     labels: dict[str, str] | None = None,
 ) -> dict:
-    """The ``RayJob`` object for ``entrypoint`` (argv list or shell string), ready for ``create``."""
+    """The ``RayJob`` object for ``entrypoint`` (argv list or shell string), ready for ``create``. ``image`` is
+    the project image (``components.image.PINNED_IMAGE``, passed in: the core does not pin it)."""
     cmd = entrypoint if isinstance(entrypoint, str) else shlex.join(entrypoint)
     env = {"PI2I_IN_RAYJOB": "1", **(env or {})}
     spec: dict[str, Any] = {
@@ -105,7 +119,7 @@ def rayjob_manifest(
             "headGroupSpec": {
                 "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
                 "template": _pod_template(image, head_cpu, head_memory, 0, env, True, service_account,
-                                          env_from_secret),
+                                          env_from_secret, head_tmp_size, head_shm_size),
             },
             "workerGroupSpecs": [{
                 "groupName": "workers",
@@ -114,7 +128,7 @@ def rayjob_manifest(
                 "maxReplicas": num_workers,
                 "rayStartParams": {},
                 "template": _pod_template(image, worker_cpu, worker_memory, gpus_per_worker, env, False,
-                                          service_account, env_from_secret),
+                                          service_account, env_from_secret, worker_tmp_size, worker_shm_size),
             }],
         },
     }
@@ -233,30 +247,14 @@ TEMPLATE_ENTRYPOINTS: dict[str, list[str]] = {
 }
 
 
-def step_manifest(step: str, name: str, entrypoint: Sequence[str] | str, namespace: str = "pi2i",
-                  image: str = DEFAULT_IMAGE, **overrides: Any) -> dict:
+def step_manifest(step: str, name: str, entrypoint: Sequence[str] | str, image: str, namespace: str = "pi2i",
+                  **overrides: Any) -> dict:
     """``rayjob_manifest`` with the step's cluster shape (:data:`STEP_RESOURCES`) and identity."""
     kw = {**STEP_RESOURCES[step], "service_account": "pi2i-ray", "env_from_secret": "pi2i-object-store",
           "labels": {"pi2i.io/step": step}, **overrides}
     return rayjob_manifest(name, entrypoint, namespace=namespace, image=image, **kw)
 
 
-def template(step: str) -> dict:
-    """The committed ``k8s/rayjobs/<step>.yaml`` (regenerate: ``python -m pi2i.cluster.rayjob k8s/rayjobs``)."""
-    return step_manifest(step, f"pi2i-{step}-template", TEMPLATE_ENTRYPOINTS[step])
-
-
-if __name__ == "__main__":
-    import sys
-    from pathlib import Path
-
-    import yaml
-
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "k8s/rayjobs")
-    out.mkdir(parents=True, exist_ok=True)
-    for s in STEP_RESOURCES:
-        header = (f"# RayJob template for the {s} step, generated by `python -m pi2i.cluster.rayjob k8s/rayjobs` from\n"
-                  f"# pi2i.cluster.rayjob.template({s!r}); the pipeline creates one per run with the __PLACEHOLDERS__ "
-                  f"filled.\n")
-        (out / f"{s}.yaml").write_text(header + yaml.safe_dump(template(s), sort_keys=False))
-        print(out / f"{s}.yaml")
+def template(step: str, image: str) -> dict:
+    """The committed ``k8s/rayjobs/<step>.yaml`` (regenerate: ``python -m components.rayjob_templates``)."""
+    return step_manifest(step, f"pi2i-{step}-template", TEMPLATE_ENTRYPOINTS[step], image)

@@ -3,7 +3,7 @@
 Two targets, one contract (``promote -> serve -> verify``, or restore the previous version and raise):
 
 * **local** — the registry's ``CURRENT`` is moved to the new version, the running service is told to hot-swap
-  (``POST /admin/reload``) and is then health-checked: ``/readyz`` answers 200 and ``/version`` reports the new
+  (``POST /admin/reload`` with the admin token of ``$PI2I_ADMIN_TOKEN``) and is then health-checked: ``/readyz`` answers 200 and ``/version`` reports the new
   version. Without a service URL only the registry is promoted.
 * **kubernetes** — the serving Deployment's pod template gets ``PI2I_VERSION=<version>`` (and the annotation
   ``pi2i.io/version``), then we wait the way ``kubectl rollout status`` does (:func:`deployment_rollout_status`):
@@ -174,7 +174,8 @@ def rollout_kubernetes(
     except RolloutError as e:
         msg = f"rollout of {version} failed: {e}"
         if registry is not None and reg_previous and reg_previous != version:
-            reg.promote(registry, reg_previous)
+            # restoring what was live is not a new gate decision (it may have been a forced promote)
+            reg.promote(registry, reg_previous, force=True, reason=f"restore after failed rollout of {version}")
             msg += f"; registry CURRENT back to {reg_previous}"
         if previous and previous != version:
             api.patch_namespaced_deployment(deployment, namespace, version_patch(previous, container))
@@ -224,16 +225,24 @@ def check_service(url: str, version: str, timeout_s: float = 60.0, poll_s: float
     raise RolloutError(f"service {url} not serving {version} after {timeout_s:.0f}s: {why}")
 
 
+ADMIN_TOKEN_ENV = "PI2I_ADMIN_TOKEN"  # the serving admin token (k8s Secret pi2i-serving-auth, key admin-token)
+
+
 def rollout_local(registry: str, version: str, service_url: str | None = None, timeout_s: float = 60.0,
-                  http: Any | None = None) -> dict:
+                  http: Any | None = None, admin_token: str | None = None) -> dict:
     """Promote ``version`` in the registry; if a service runs at ``service_url`` hot-swap it and verify.
 
+    ``POST /admin/reload`` carries ``Authorization: Bearer <admin_token>`` (default: ``$PI2I_ADMIN_TOKEN``).
     On failure the registry goes back to the previous version (and the service is told to reload it)."""
+    import os
+
     import httpx
 
     from pi2i.publish import registry as reg
 
     http = http or httpx
+    token = admin_token if admin_token is not None else os.environ.get(ADMIN_TOKEN_ENV, "")
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
     previous = reg.current(registry)
     if previous != version:  # a registry's first version is live from publish on
         reg.promote(registry, version)
@@ -241,7 +250,10 @@ def rollout_local(registry: str, version: str, service_url: str | None = None, t
         return {"target": "local", "version": version, "previous": previous, "service": None}
     url = service_url.rstrip("/")
     try:
-        r = http.post(f"{url}/admin/reload", timeout=120.0)
+        r = http.post(f"{url}/admin/reload", timeout=120.0, headers=auth)
+        if r.status_code in (401, 403):
+            raise RolloutError(f"POST {url}/admin/reload answered {r.status_code}: "
+                               f"{'wrong' if token else 'no'} admin token (set {ADMIN_TOKEN_ENV})")
         if r.status_code >= 400:
             raise RolloutError(f"POST {url}/admin/reload answered {r.status_code}: {r.text[:200]}")
         check_service(url, version, timeout_s, http=http)
@@ -249,9 +261,9 @@ def rollout_local(registry: str, version: str, service_url: str | None = None, t
         msg = f"rollout of {version} to {url} failed: {e}"
         if previous and previous != version:
             if reg.rollback(registry) != previous:  # history disagrees with CURRENT: be explicit
-                reg.promote(registry, previous)
+                reg.promote(registry, previous, force=True, reason=f"restore after failed rollout of {version}")
             try:
-                http.post(f"{url}/admin/reload", timeout=120.0)
+                http.post(f"{url}/admin/reload", timeout=120.0, headers=auth)
             except httpx.HTTPError:
                 pass
             msg += f"; registry rolled back to {previous}"

@@ -1,7 +1,8 @@
 """Event helpers shared by every stage: the ONE place for each of these concepts.
 
-An events table follows ``contracts.EVENTS_SCHEMA`` (``user_id``, ``item_id``, ``behavior``, ``ts``). Per-user
-sequences are CSR arrays: ``indptr`` (``n + 1`` offsets) over flat ``items`` / ``ts`` (µs since the epoch, UTC).
+An events table follows ``contracts.EVENTS_SCHEMA`` (``user_id``, ``item_id``, ``behavior``, ``ts``).
+Per-user sequences are CSR arrays: ``indptr`` (``n + 1`` offsets) over flat ``items`` / ``ts`` (µs since the
+epoch, UTC).
 
 * :func:`clicks` — the behaviour filter (which events count as clicks for a stage);
 * :func:`to_us` / :func:`to_iso` — ISO-8601 / datetime / int <-> µs since the epoch (UTC);
@@ -32,7 +33,7 @@ _ONE_US = dt.timedelta(microseconds=1)
 
 # --------------------------------------------------------------------------------------------- filter / time
 def clicks(events: pa.Table, behaviors: Iterable[str] | None) -> pa.Table:
-    """Rows of ``events`` whose behaviour is in ``behaviors`` (None: every row). No copy when all rows match."""
+    """Rows of ``events`` whose behaviour is in ``behaviors`` (None: every row); no copy when all match."""
     if behaviors is None:
         return events
     mask = pc.is_in(events.column("behavior"), value_set=pa.array(list(behaviors), pa.string()))
@@ -42,9 +43,10 @@ def clicks(events: pa.Table, behaviors: Iterable[str] | None) -> pa.Table:
 
 
 def to_us(value: str | dt.datetime | int | np.integer) -> int:
-    """Microseconds since the epoch from an ISO-8601 string or a datetime (UTC when no offset), or an int (µs).
+    """µs since the epoch from an ISO-8601 string or a datetime (UTC when no offset), or an int (µs).
 
-    Exact integer arithmetic (no float rounding). Raises ValueError naming the value when a string is not a time (TypeError for other types).
+    Exact integer arithmetic (no float rounding). Raises ValueError naming the value when a string is not a
+    time (TypeError for other types).
     """
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"not a time: {value!r}")
@@ -54,7 +56,8 @@ def to_us(value: str | dt.datetime | int | np.integer) -> int:
         try:
             value = dt.datetime.fromisoformat(value.strip())
         except ValueError:
-            raise ValueError(f"cannot parse time {value!r}; use ISO 8601, e.g. 2017-12-02T00:00:00Z") from None
+            raise ValueError(f"cannot parse time {value!r}; use ISO 8601, e.g. 2017-12-02T00:00:00Z"
+                             ) from None
     if not isinstance(value, dt.datetime):
         raise TypeError(f"not a time: {value!r}")
     if value.tzinfo is None:
@@ -222,7 +225,7 @@ def fill_with_popular(items: np.ndarray, popular: np.ndarray, k: int, exclude: n
 
 # --------------------------------------------------------------------------------------------- hashing
 def splitmix64(x: np.ndarray) -> np.ndarray:
-    """The splitmix64 finaliser (Steele et al. 2014), vectorised: a fixed, platform-independent 64-bit hash."""
+    """The splitmix64 finaliser (Steele et al. 2014), vectorised: a fixed, platform-independent hash."""
     x = np.asarray(x).astype(np.uint64, copy=True)
     with np.errstate(over="ignore"):
         x ^= x >> np.uint64(30)

@@ -48,6 +48,7 @@ from pi2i.contracts import (
     read_parquet,
     write_parquet,
 )
+from pi2i.data.events import clicks, drop_consecutive_repeats, recent_histories
 
 if TYPE_CHECKING:  # feast is heavy to import (~seconds); load it only when a store is opened
     import pandas as pd
@@ -78,41 +79,22 @@ def _constant_ts(ts_us: int, n: int) -> pa.Array:
     return _ts_us(np.full(n, ts_us, dtype=np.int64))
 
 
-def _dedup_mask(users: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """Keep the first of back-to-back repeats of one item within a user (as the PRS sampler does)."""
-    keep = np.ones(len(items), bool)
-    keep[1:] = (items[1:] != items[:-1]) | (users[1:] != users[:-1])
-    return keep
-
-
 def recent_items_table(events: pa.Table, history_len: int, dedup_consecutive: bool = False) -> pa.Table:
     """Per user the last ``history_len`` events, oldest first (ties in ts keep file order), as list columns.
 
-    Sort once by (user, ts, row), then every row whose distance to its user's last row is < L is kept:
-    the kept rows are contiguous per user, so the list offsets are a cumulative sum of per-user lengths.
-    The row timestamp is the newest kept event: the window is valid from then on.
+    The window is :func:`pi2i.data.events.recent_histories` (the PRS ``histories.parquet`` when given the
+    same behaviours and ``dedup_consecutive``). The row timestamp is the newest kept event: the window is
+    valid from then on.
     """
     if history_len < 1:
         raise ValueError(f"history_len must be >= 1, got {history_len}")
-    users = events.column("user_id").to_numpy()
-    items = events.column("item_id").to_numpy()
-    ts = events.column("ts").cast(pa.int64()).to_numpy()
-    order = np.lexsort((np.arange(len(users)), ts, users))
-    users, items, ts = users[order], items[order], ts[order]
-    if dedup_consecutive and len(users):
-        keep = _dedup_mask(users, items)
-        users, items, ts = users[keep], items[keep], ts[keep]
-    n = len(users)
-    starts = np.flatnonzero(np.r_[True, users[1:] != users[:-1]]) if n else np.zeros(0, np.int64)
-    ends = np.r_[starts[1:], n].astype(np.int64) if n else np.zeros(0, np.int64)
-    lengths = np.minimum(ends - starts, history_len)
-    keep = np.repeat(ends, ends - starts) - np.arange(n) <= history_len
-    offsets = pa.array(np.r_[0, np.cumsum(lengths)].astype(np.int32), pa.int32())
+    users, indptr, items, ts = recent_histories(events, history_len, None, dedup_consecutive)
+    offsets = pa.array(indptr.astype(np.int32), pa.int32())
     return pa.table({
-        "user_id": pa.array(users[starts], pa.int64()),
-        TS_COL: _ts_us(ts[ends - 1]),
-        "recent_items": pa.ListArray.from_arrays(offsets, pa.array(items[keep], pa.int64())),
-        "recent_ts": pa.ListArray.from_arrays(offsets, pa.array(ts[keep], pa.int64())),
+        "user_id": pa.array(users, pa.int64()),
+        TS_COL: _ts_us(ts[indptr[1:] - 1]),
+        "recent_items": pa.ListArray.from_arrays(offsets, pa.array(items, pa.int64())),
+        "recent_ts": pa.ListArray.from_arrays(offsets, pa.array(ts, pa.int64())),
     })
 
 
@@ -213,7 +195,7 @@ def build_tables(data_dir: str, history_len: int = 50,
         unknown = sorted(set(behaviors) - set(BEHAVIORS))
         if unknown:
             raise ValueError(f"unknown behavior(s) {unknown}; allowed: {list(BEHAVIORS)}")
-        events = events.filter(pc.is_in(events.column("behavior"), pa.array(list(behaviors))))
+        events = clicks(events, behaviors)
     tables[RECENT_VIEW] = recent_items_table(events, history_len, dedup_consecutive)
     schema["time_range_us"] = [t0, t1]
     return tables, schema
@@ -302,7 +284,7 @@ def ingest(data_dir: str, repo_path: str | Path = "feature_repo", work_dir: str 
     defs = load_definitions(repo)
     store = open_store(repo)
     wanted = {o.name for o in defs.OBJECTS}
-    stale_views = [fv for fv in store.list_feature_views() if fv.name not in wanted]
+    stale_views: list[Any] = [fv for fv in store.list_feature_views() if fv.name not in wanted]
     store.apply(defs.OBJECTS, objects_to_delete=stale_views, partial=False)
     timings["apply_s"] = time.perf_counter() - t
 
@@ -422,7 +404,7 @@ class FeastHistoryStore:
             order = np.argsort(ts, kind="stable")  # a late click lands after equal timestamps
             items, ts = items[order], ts[order]
             if self.dedup_consecutive:
-                keep = _dedup_mask(np.zeros(len(items), np.int64), items)
+                keep = drop_consecutive_repeats(np.array([0, len(items)]), items)
                 items, ts = items[keep], ts[keep]
             items, ts = items[-self.history_len:], ts[-self.history_len:]
             if np.array_equal(items, old_items) and np.array_equal(ts, old_ts):

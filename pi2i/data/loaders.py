@@ -27,22 +27,32 @@ row as text, ``reason``), so ``rows_in == rows_kept + rows_quarantined`` always;
 per-reason counts. Reasons, first match wins: ``invalid_utf8``, ``blank_line``, ``header_row`` (first line of a
 headerless format that is not data), ``truncated_line`` (last line, no newline, too few fields),
 ``missing_fields``, ``extra_fields``, ``empty_field`` (empty / NaN / null), ``non_integer_id``,
-``negative_id``, ``unknown_behavior``, ``bad_rating``, ``bad_timestamp``, ``ts_out_of_range``
-(``data.min_ts`` .. ``data.max_ts``). A file that is unusable as a whole (missing, empty, wrong delimiter,
-missing columns, no usable row) raises :class:`~pi2i.contracts.ContractError` with a one-line message.
+``negative_id``, ``id_out_of_range`` (a decimal id beyond int64; every id that fits int64 is kept),
+``unknown_behavior``, ``bad_rating``, ``bad_timestamp``, ``ts_out_of_range`` (``data.min_ts`` ..
+``data.max_ts``), ``future_ts`` (later than the load time + ``data.max_future_skew_s``: a clock error that would
+move the temporal split). A file that is unusable as a whole (missing, empty, wrong delimiter, missing
+columns, no usable row) raises :class:`~pi2i.contracts.ContractError` with a one-line message.
+
+Atomic output: everything is written to a staging directory beside ``out_dir`` and moved into place only when
+the load succeeds; a failed load removes the staging directory and leaves ``out_dir`` as it was (no partial
+``events.parquet``, no ``*.tmp``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import PurePosixPath
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pi2i.contracts import (
@@ -57,11 +67,11 @@ from pi2i.contracts import (
     ContractError,
     join,
     makedirs,
-    read_parquet,
     resolve,
     write_json,
     write_parquet,
 )
+from pi2i.data.events import to_iso, to_us
 
 QUARANTINE_SCHEMA = pa.schema([
     pa.field("line", pa.int64()), pa.field("raw", pa.string()), pa.field("reason", pa.string()),
@@ -71,13 +81,14 @@ FORMATS = ("taobao", "movielens", "csv", "parquet")
 
 #: Quarantine reasons in priority order (code = index + 1; 0 = kept).
 REASONS = ("invalid_utf8", "blank_line", "header_row", "truncated_line", "missing_fields", "extra_fields",
-           "empty_field", "non_integer_id", "negative_id", "unknown_behavior", "bad_rating", "bad_timestamp",
-           "ts_out_of_range")
+           "empty_field", "non_integer_id", "negative_id", "id_out_of_range", "unknown_behavior", "bad_rating",
+           "bad_timestamp", "ts_out_of_range", "future_ts")
 _CODE = {r: i + 1 for i, r in enumerate(REASONS)}
 _EMPTY = ["", "nan", "null", "none", "na", "n/a", "\\n"]
 _ID_COLS = ("user_id", "item_id")
 _INT_SIDE = ("category_id", "brand_id", "seller_id")
 _US = 1_000_000
+_INT64_MAX = str(np.iinfo(np.int64).max)  # 9223372036854775807: 19 digits
 _DELIMS = [",", "\t", ";", "|", "::", " "]
 
 
@@ -121,21 +132,15 @@ def _spec(fmt: str, input_path: str, column_map: dict[str, str] | None, cfg) -> 
     raise ContractError(f"unknown format {fmt!r}; one of {', '.join(FORMATS)}")
 
 
-def _parse_iso_us(s: str) -> int:
-    d = dt.datetime.fromisoformat(s.strip())
-    if d.tzinfo is None:
-        d = d.replace(tzinfo=dt.UTC)
-    return round(d.timestamp() * _US)
-
-
 # ----------------------------------------------------------------------------------------------- validation
 class _Validator:
     """Vectorised checks of one chunk of rows given as string columns; fills reason codes, returns values."""
 
-    def __init__(self, spec: _Spec, cfg) -> None:
+    def __init__(self, spec: _Spec, cfg, now_us: int) -> None:
         self.spec = spec
-        self.min_us = _parse_iso_us(cfg.data.min_ts)
-        self.max_us = _parse_iso_us(cfg.data.max_ts)
+        self.min_us = to_us(cfg.data.min_ts)
+        self.max_us = to_us(cfg.data.max_ts)
+        self.future_us = now_us + round(cfg.data.max_future_skew_s * _US)
         self.ts_unit = spec.ts_unit
         self.aliases = pa.array(list(BEHAVIOR_ALIASES))
         self.canon = pa.array(list(BEHAVIOR_ALIASES.values()))
@@ -146,26 +151,42 @@ class _Validator:
         np.copyto(reason, _CODE[name], where=(reason == 0) & mask)
 
     @staticmethod
-    def _digits(s: pa.Array) -> np.ndarray:
-        """Non-empty ASCII decimal strings of at most 18 digits (fit int64)."""
-        ok = pc.and_(pc.ascii_is_decimal(s), pc.less_equal(pc.binary_length(s), 18))
-        return pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
+    def _decimal(s: pa.Array) -> np.ndarray:
+        """Non-empty ASCII decimal strings (any length)."""
+        return pc.fill_null(pc.ascii_is_decimal(s), False).to_numpy(zero_copy_only=False)
+
+    @staticmethod
+    def _fits_int64(s: pa.Array, decimal: np.ndarray) -> np.ndarray:
+        """Of the decimal strings, those whose value is at most 2**63 - 1 (leading zeros allowed)."""
+        fits = decimal.copy()
+        long = decimal & (pc.binary_length(s).to_numpy(zero_copy_only=False) >= len(_INT64_MAX))
+        if long.any():  # rare: 19+ characters; compare the significant digits as strings of equal length
+            idx = pa.array(np.flatnonzero(long))
+            core = pc.utf8_ltrim(pc.take(s, idx), "0")
+            n = pc.binary_length(core).to_numpy(zero_copy_only=False)
+            le = pc.less_equal(core, pa.scalar(_INT64_MAX)).to_numpy(zero_copy_only=False)
+            fits[long] = (n < len(_INT64_MAX)) | ((n == len(_INT64_MAX)) & le)
+        return fits
 
     def _empty(self, s: pa.Array) -> np.ndarray:
         return pc.is_in(pc.utf8_lower(s), value_set=self.empty).to_numpy(zero_copy_only=False)
 
-    def _int(self, s: pa.Array, reason: np.ndarray, neg_reason: str, bad_reason: str) -> np.ndarray:
-        ok = self._digits(s)
+    def _int(self, s: pa.Array, reason: np.ndarray) -> np.ndarray:
+        """int64 ids; quarantines negative ones, ones beyond int64 and anything that is not a decimal."""
+        decimal = self._decimal(s)
+        ok = self._fits_int64(s, decimal)
         neg = np.zeros(ok.size, bool)
-        if not ok.all():  # rare: tell negative numbers from other junk
-            neg = pc.starts_with(s, "-").to_numpy(zero_copy_only=False) & self._digits(pc.utf8_slice_codeunits(s, 1))
-        self._set(reason, neg, neg_reason)
-        self._set(reason, ~ok & ~neg, bad_reason)
+        if not decimal.all():  # rare: tell negative numbers from other junk
+            neg = pc.starts_with(s, "-").to_numpy(zero_copy_only=False) & self._decimal(pc.utf8_slice_codeunits(s, 1))
+        self._set(reason, neg, "negative_id")
+        self._set(reason, decimal & ~ok, "id_out_of_range")
+        self._set(reason, ~decimal & ~neg, "non_integer_id")
         clean = pc.if_else(pa.array(ok), s, "0")
         return pc.cast(clean, pa.int64()).to_numpy(zero_copy_only=False)
 
     def _ts(self, s: pa.Array, reason: np.ndarray) -> np.ndarray:
-        numeric = self._digits(s)
+        decimal = self._decimal(s)
+        numeric = self._fits_int64(s, decimal)
         if self.ts_unit == "auto":
             if numeric.any():
                 v = pc.cast(pc.if_else(pa.array(numeric), s, "0"), pa.int64()).to_numpy()[numeric]
@@ -184,18 +205,20 @@ class _Validator:
                 vals = s.to_pylist()
                 for k in np.flatnonzero(ok):
                     try:
-                        out[k] = _parse_iso_us(vals[k])
+                        out[k] = to_us(vals[k])
                     except (ValueError, TypeError):
                         bad[k] = True
             self._set(reason, bad, "bad_timestamp")
         else:
-            self._set(reason, ~numeric, "bad_timestamp")
+            self._set(reason, decimal & ~numeric, "ts_out_of_range")
+            self._set(reason, ~decimal, "bad_timestamp")
             raw = pc.cast(pc.if_else(pa.array(numeric), s, "0"), pa.int64()).to_numpy().copy()
             mult = {"s": _US, "ms": 1_000, "us": 1}[self.ts_unit]
             lim = np.iinfo(np.int64).max // mult
             self._set(reason, raw > lim, "ts_out_of_range")
             out = np.minimum(raw, lim) * mult
         self._set(reason, (out < self.min_us) | (out > self.max_us), "ts_out_of_range")
+        self._set(reason, out > self.future_us, "future_ts")
         return out
 
     def run(self, cols: dict[str, pa.Array], reason: np.ndarray) -> dict[str, np.ndarray | pa.Array]:
@@ -205,10 +228,10 @@ class _Validator:
             self._set(reason, self._empty(cols[c]), "empty_field")
         out: dict[str, np.ndarray | pa.Array] = {}
         for c in _ID_COLS:
-            out[c] = self._int(cols[c], reason, "negative_id", "non_integer_id")
+            out[c] = self._int(cols[c], reason)
         for c in _INT_SIDE:
             if c in cols:  # side info must be clean ids too
-                out[c] = self._int(cols[c], reason, "negative_id", "non_integer_id")
+                out[c] = self._int(cols[c], reason)
         if "price" in cols:
             num = pc.match_substring_regex(cols["price"], r"^\d+(\.\d*)?$").to_numpy(zero_copy_only=False)
             out["price"] = pc.cast(pc.if_else(pa.array(num), cols["price"], "nan"), pa.float64()).to_numpy()
@@ -249,11 +272,14 @@ class _Sink:
         self.profiles: pa.Table | None = None      # users.parquet (MovieLens u.user / users.dat)
         self.ts_range = (np.iinfo(np.int64).max, np.iinfo(np.int64).min)
         self.behaviors: dict[str, int] = {}
+        self.first_quarantined: tuple[int, str, str] | None = None  # (line, raw, reason): for the error message
 
     def quarantine(self, lines: np.ndarray, raw: list[str], codes: np.ndarray) -> None:
         if len(lines) == 0:
             return
         names = np.array(("",) + REASONS, dtype=object)[codes]
+        if self.first_quarantined is None:
+            self.first_quarantined = (int(lines[0]), raw[0], str(names[0]))
         self.q.write_table(pa.table({"line": pa.array(lines, pa.int64()), "raw": pa.array(raw, pa.string()),
                                      "reason": pa.array(names, pa.string())}, schema=QUARANTINE_SCHEMA))
         np.add.at(self.reasons, codes, 1)
@@ -321,12 +347,12 @@ class _Sink:
             **extra,
         }
         assert summary["rows_in"] == summary["rows_kept"] + quarantined, summary
-        if self.kept == 0:
-            self.fs.delete_file(self.ev_path + ".tmp")
-            write_json(summary, join(self.out_dir, SUMMARY_FILE))
-            top = max(summary["quarantine_reasons"].items(), key=lambda kv: kv[1], default=("none", 0))
-            raise ContractError(f"{input_path}: no usable rows ({quarantined} of {self.rows_in} quarantined, "
-                                f"mostly {top[0]}); see {join(self.out_dir, QUARANTINE_FILE)}")
+        if self.kept == 0:  # nothing is written (load() removes the staging dir)
+            reasons = ", ".join(f"{r} {c}" for r, c in sorted(summary["quarantine_reasons"].items(),
+                                                               key=lambda kv: -kv[1]))
+            line, raw, why = self.first_quarantined or (0, "", "none")
+            raise ContractError(f"{input_path}: no usable rows ({quarantined} of {self.rows_in} quarantined: "
+                                f"{reasons}); e.g. line {line}: {why} {raw[:80]!r}")
         sorted_ = self.kept <= cfg.data.sort_max_rows
         if sorted_:  # the one step that holds all events in memory, bounded by data.sort_max_rows
             events = pq.read_table(self.ev_path + ".tmp", filesystem=self.fs)
@@ -342,20 +368,16 @@ class _Sink:
             write_parquet(self.profiles, join(self.out_dir, USERS_FILE))
             summary["profiles"] = self.profiles.num_rows
 
-        def iso(us: int) -> str:
-            return dt.datetime.fromtimestamp(us / _US, dt.UTC).isoformat().replace("+00:00", "Z")
-
         summary.update({
             "sorted": sorted_, "users": int(self.users.size), "items": items.num_rows,
             "behaviors": dict(sorted(self.behaviors.items())),
-            "ts_min": iso(self.ts_range[0]), "ts_max": iso(self.ts_range[1]),
+            "ts_min": to_iso(self.ts_range[0]), "ts_max": to_iso(self.ts_range[1]),
         })
-        write_json(summary, join(self.out_dir, SUMMARY_FILE))
         return summary
 
 
 # ----------------------------------------------------------------------------------------------- text input
-def _blocks(input_path: str, block_bytes: int, progress) -> tuple[int, object]:
+def _blocks(input_path: str, block_bytes: int, progress) -> tuple[int, Iterator[tuple[bytes, bool]]]:
     fs, path = resolve(input_path)
     info = fs.get_file_info(path)
     if info.type.name == "NotFound":
@@ -364,7 +386,7 @@ def _blocks(input_path: str, block_bytes: int, progress) -> tuple[int, object]:
         raise ContractError(f"input is a directory, expected a file: {input_path}")
     size = info.size or 0
 
-    def gen():
+    def gen() -> Iterator[tuple[bytes, bool]]:
         done = 0
         carry = b""
         with fs.open_input_stream(path) as f:
@@ -462,7 +484,7 @@ def _header_columns(first_line: str, spec: _Spec, input_path: str) -> dict[str, 
         guess = _guess_delimiter([first_line], spec.delimiter, None) if len(names) == 1 else None
         hint = f"; looks like delimiter {guess!r} (use --delimiter)" if guess else ""
         raise ContractError(f"{input_path}: missing column(s) {missing} in header {names}{hint}")
-    return {k: names.index(v) for k, v in spec.columns.items()}
+    return {k: names.index(str(v)) for k, v in spec.columns.items()}
 
 
 _ML1M_GENRES = ["Action", "Adventure", "Animation", "Children's", "Comedy", "Crime", "Documentary", "Drama",
@@ -510,97 +532,120 @@ def _movielens_side(input_path: str) -> tuple[pa.Table | None, pa.Table | None]:
     return items, users
 
 
-def _load_text(spec: _Spec, input_path: str, out_dir: str, cfg, progress) -> dict:
-    block_bytes = max(1 << 16, cfg.data.chunk_rows * 48)
-    size, blocks = _blocks(input_path, block_bytes, progress)
+def _column_positions(spec: _Spec, lines: pa.Array, input_path: str) -> tuple[dict[str, int], int]:
+    """Field index of each contract column, from the header row or the map; also fixes ``spec.nfields``.
+
+    Returns (positions, lines to skip: 1 for a header row)."""
+    if spec.header:
+        first = lines[0].as_py().decode("utf-8", errors="replace").rstrip("\r")
+        colpos = _header_columns(first, spec, input_path)
+        spec.nfields = len(first.split(spec.delimiter))
+        return colpos, 1
+    colpos = {k: int(v) for k, v in spec.columns.items()}
+    if spec.nfields is None:  # headerless csv: the first non-blank line sets the field count
+        first = next((x.strip() for x in lines.slice(0, 1000).to_pylist() if x.strip()), b"")
+        spec.nfields = max(len(first.decode("utf-8", errors="replace").split(spec.delimiter)),
+                           max(colpos.values()) + 1)
+    return colpos, 0
+
+
+def _line_reasons(block: bytes, lines_all: pa.Array, start: int, spec: _Spec, unterminated: bool
+                  ) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+    """Structural checks of the lines ``lines_all[start:]``: invalid UTF-8, blank, truncated, field count.
+
+    Returns (the lines as text, reason code per line, field count per line)."""
+    lines = lines_all.slice(start)
+    n = len(lines)
+    reason = np.zeros(n, np.int8)
+    bad_utf8 = _utf8_bad(block, lines_all)[start:]
+    reason[bad_utf8] = _CODE["invalid_utf8"]
+    text = pc.cast(pc.if_else(pa.array(bad_utf8), pa.scalar(b"", pa.large_binary()), lines), pa.large_string())
+    # lines keep their leading "\n" / trailing "\r": fields are whitespace-trimmed one by one later
+    short_idx = np.flatnonzero(pc.binary_length(text).to_numpy(zero_copy_only=False) <= 16)
+    blank = np.zeros(n, bool)
+    if short_idx.size:
+        trimmed = pc.ascii_trim_whitespace(pc.take(text, pa.array(short_idx)))
+        blank[short_idx] = pc.binary_length(trimmed).to_numpy(zero_copy_only=False) == 0
+    reason[blank & ~bad_utf8] = _CODE["blank_line"]
+    nf = _field_counts(text, spec.delimiter)
+    return text, reason, nf
+
+
+def _check_first_block(text: pa.Array, reason: np.ndarray, nf: np.ndarray, spec: _Spec, input_path: str) -> None:
+    """A first block where no line has the expected field count means a wrong delimiter: fail naming it. A
+    first line of a headerless format that starts with letters is a header row."""
+    if (reason == 0).any() and not ((nf == spec.nfields) & (reason == 0)).any():
+        sample = [s for s in text.slice(0, 50).to_pylist() if s]
+        guess = _guess_delimiter(sample, spec.delimiter, spec.nfields)
+        if guess is not None or nf[reason == 0].max() == 1:
+            hint = f"looks like delimiter {guess!r}" if guess else "no delimiter found in any line"
+            raise ContractError(f"{input_path}: no line has {spec.nfields} {spec.delimiter!r}-separated "
+                                f"fields ({spec.fmt} format); {hint}")
+    if not spec.header and len(text) and reason[0] == 0:
+        f0 = (text[0].as_py() or "").split(spec.delimiter)[0].strip().strip('"')
+        if any(ch.isalpha() for ch in f0):
+            reason[0] = _CODE["header_row"]
+
+
+def _field_count_reasons(reason: np.ndarray, nf: np.ndarray, nfields: int, unterminated: bool) -> None:
+    """Too few fields: ``truncated_line`` for the file's unterminated last line, else ``missing_fields``; too
+    many: ``extra_fields``."""
+    short = nf < nfields
+    if unterminated and len(reason) and reason[-1] == 0 and short[-1]:
+        reason[-1] = _CODE["truncated_line"]
+    np.copyto(reason, _CODE["missing_fields"], where=(reason == 0) & short)
+    np.copyto(reason, _CODE["extra_fields"], where=(reason == 0) & (nf > nfields))
+
+
+def _load_text(spec: _Spec, input_path: str, out_dir: str, cfg, progress, now_us: int) -> dict:
+    """Stream a delimited text file block by block: structure checks, field validation, keep or quarantine."""
+    size, blocks = _blocks(input_path, max(1 << 16, cfg.data.chunk_rows * 48), progress)
     if size == 0:
         raise ContractError(f"{input_path}: input file is empty")
-    validator = _Validator(spec, cfg)
+    validator = _Validator(spec, cfg, now_us)
     sink: _Sink | None = None
-    line0 = 0            # file line number of the block's first line, minus 1
-    first_block = True
     colpos: dict[str, int] = {}
+    line0 = 0  # file line number of the block's first line, minus 1
     for block, final in blocks:
-        if first_block and block.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte-order mark
-            block = block[3:]
-        lines, unterminated = _split_lines(block, final)
-        n = len(lines)
-        start = 0
+        first_block = sink is None
         if first_block:
+            if block.startswith(b"\xef\xbb\xbf"):  # UTF-8 byte-order mark
+                block = block[3:]
             if not block.strip():
                 raise ContractError(f"{input_path}: input file is empty (only blank lines)")
-            if spec.header:
-                first = lines[0].as_py().decode("utf-8", errors="replace").rstrip("\r")
-                colpos = _header_columns(first, spec, input_path)
-                spec.nfields = len(first.rstrip("\r").split(spec.delimiter))
-                start = 1
-            else:
-                colpos = {k: int(v) for k, v in spec.columns.items()}
-                if spec.nfields is None:  # headerless csv: the first non-blank line sets the field count
-                    first = next((x.strip() for x in lines.slice(0, 1000).to_pylist() if x.strip()), b"")
-                    spec.nfields = max(len(first.decode("utf-8", errors="replace").split(spec.delimiter)),
-                                       max(colpos.values()) + 1)
+        lines_all, unterminated = _split_lines(block, final)
+        start = 0
+        if first_block:
+            colpos, start = _column_positions(spec, lines_all, input_path)
             sink = _Sink(out_dir, spec)
             if spec.fmt == "movielens":
                 sink.item_side, sink.profiles = _movielens_side(input_path)
-        lines_all = lines
-        lines = lines.slice(start)
-        n = len(lines)
-        line_no = np.arange(line0 + start + 1, line0 + start + n + 1, dtype=np.int64)
-        reason = np.zeros(n, np.int8)
-        bad_utf8 = _utf8_bad(block, lines_all)[start:]
-        reason[bad_utf8] = _CODE["invalid_utf8"]
-        text = pc.cast(pc.if_else(pa.array(bad_utf8), pa.scalar(b"", pa.large_binary()), lines), pa.large_string())
-        # lines keep their leading "\n" / trailing "\r": fields are whitespace-trimmed one by one below
-        short_idx = np.flatnonzero(pc.binary_length(text).to_numpy(zero_copy_only=False) <= 16)
-        blank = np.zeros(n, bool)
-        if short_idx.size:
-            trimmed = pc.ascii_trim_whitespace(pc.take(text, pa.array(short_idx)))
-            blank[short_idx] = pc.binary_length(trimmed).to_numpy(zero_copy_only=False) == 0
-        blank &= ~bad_utf8
-        reason[blank] = _CODE["blank_line"]
-        nf = _field_counts(text, spec.delimiter)
-        if first_block and (reason == 0).any():
-            ok_count = (nf == spec.nfields) & (reason == 0)
-            if not ok_count.any() and (reason == 0).sum() >= 1:
-                sample = [s for s in text.slice(0, 50).to_pylist() if s]
-                guess = _guess_delimiter(sample, spec.delimiter, spec.nfields)
-                if guess is not None or nf[reason == 0].max() == 1:
-                    hint = f"looks like delimiter {guess!r}" if guess else "no delimiter found in any line"
-                    raise ContractError(f"{input_path}: no line has {spec.nfields} {spec.delimiter!r}-separated "
-                                        f"fields ({spec.fmt} format); {hint}")
-        if first_block and not spec.header and n and reason[0] == 0:
-            f0 = (text[0].as_py() or "").split(spec.delimiter)[0].strip().strip('"')
-            if any(ch.isalpha() for ch in f0):
-                reason[0] = _CODE["header_row"]
-        short = nf < spec.nfields
-        if unterminated and n:
-            trunc = np.zeros(n, bool)
-            trunc[-1] = short[-1]
-            np.copyto(reason, _CODE["truncated_line"], where=(reason == 0) & trunc)
-        np.copyto(reason, _CODE["missing_fields"], where=(reason == 0) & short)
-        np.copyto(reason, _CODE["extra_fields"], where=(reason == 0) & (nf > spec.nfields))
+        assert sink is not None and spec.nfields is not None
+        text, reason, nf = _line_reasons(block, lines_all, start, spec, unterminated)
+        if first_block:
+            _check_first_block(text, reason, nf, spec, input_path)
+        _field_count_reasons(reason, nf, spec.nfields, unterminated)
         good = np.flatnonzero(reason == 0)
         values: dict = {}
         if good.size:
-            good_text = text if good.size == n else pc.take(text, pa.array(good))
-            cols = _fields(good_text, spec.delimiter, spec.nfields, colpos)
+            good_text = text if good.size == len(text) else pc.take(text, pa.array(good))
             sub = np.zeros(good.size, np.int8)
-            values = validator.run(cols, sub)
+            values = validator.run(_fields(good_text, spec.delimiter, spec.nfields, colpos), sub)
             reason[good] = sub
         q = np.flatnonzero(reason != 0)
-        sink.quarantine(line_no[q], _raw_text(lines, q), reason[q].astype(np.int64))
+        line_no = np.arange(line0 + start + 1, line0 + start + len(text) + 1, dtype=np.int64)
+        sink.quarantine(line_no[q], _raw_text(lines_all.slice(start), q), reason[q].astype(np.int64))
         if good.size:
             sink.keep(values, reason[good] == 0)
-        sink.rows_in += n
+        sink.rows_in += len(text)
         line0 += len(lines_all)
-        first_block = False
     assert sink is not None
     return sink.close(input_path, cfg, {"delimiter": spec.delimiter, "ts_unit": validator.ts_unit})
 
 
 # ----------------------------------------------------------------------------------------------- parquet input
-def _load_parquet(spec: _Spec, input_path: str, out_dir: str, cfg, progress) -> dict:
+def _load_parquet(spec: _Spec, input_path: str, out_dir: str, cfg, progress, now_us: int) -> dict:
+    """Read a parquet file in record batches: the columns as trimmed strings through the same validation."""
     fs, path = resolve(input_path)
     try:
         pf = pq.ParquetFile(path, filesystem=fs)
@@ -614,7 +659,7 @@ def _load_parquet(spec: _Spec, input_path: str, out_dir: str, cfg, progress) -> 
         raise ContractError(f"{input_path}: missing column(s) {missing}; have {names}")
     if pf.metadata.num_rows == 0:
         raise ContractError(f"{input_path}: parquet file has no rows")
-    validator = _Validator(spec, cfg)
+    validator = _Validator(spec, cfg, now_us)
     sink = _Sink(out_dir, spec)
     src_cols = list(dict.fromkeys(spec.columns.values()))
     row0 = 0
@@ -648,12 +693,50 @@ def _load_parquet(spec: _Spec, input_path: str, out_dir: str, cfg, progress) -> 
     return sink.close(input_path, cfg, {"ts_unit": validator.ts_unit})
 
 
+# ----------------------------------------------------------------------------------------------- staging
+def _staging_dir(out_dir: str) -> str:
+    """A fresh directory beside ``out_dir`` (same filesystem, so moving out of it is a rename)."""
+    base, q, query = out_dir.partition("?")  # URIs may carry options after "?"
+    base = base.rstrip("/") or base
+    parent, _, name = base.rpartition("/") if "://" in base else (os.path.dirname(os.path.abspath(base)), "",
+                                                                   os.path.basename(os.path.abspath(base)))
+    return join(parent, f".{name}.staging-{uuid.uuid4().hex[:12]}") + q + query
+
+
+def _remove_dir(uri: str) -> None:
+    fs, path = resolve(uri)
+    with contextlib.suppress(FileNotFoundError, OSError):
+        fs.delete_dir(path)
+
+
+def _commit(staging: str, out_dir: str) -> None:
+    """Move the staged data dir into place: a rename when a local ``out_dir`` does not exist; else file by file (the
+    data files of the contract only, ``summary.json`` last) and stale contract files of a previous load
+    removed, so ``out_dir`` never mixes two loads. Other files in ``out_dir`` are left alone."""
+    fs, src = resolve(staging)
+    _, dst = resolve(out_dir)
+    local = isinstance(fs, pafs.LocalFileSystem)
+    if local and fs.get_file_info(dst).type == pafs.FileType.NotFound:
+        fs.create_dir(str(PurePosixPath(dst).parent), recursive=True)
+        fs.move(src, dst)  # one rename: out_dir appears complete or not at all
+        return
+    fs.create_dir(dst, recursive=True)
+    for name in (EVENTS_FILE, ITEMS_FILE, USERS_FILE, QUARANTINE_FILE, SUMMARY_FILE):
+        staged, final = f"{src}/{name}", f"{dst}/{name}"
+        if fs.get_file_info(staged).type == pafs.FileType.File:
+            fs.move(staged, final)
+        elif fs.get_file_info(final).type == pafs.FileType.File:
+            fs.delete_file(final)
+    fs.delete_dir(src)
+
+
 def load(fmt: str, input_path: str, out_dir: str, column_map: dict[str, str] | None = None, cfg=None,
-         progress: Callable[[int, int | None], None] | None = None) -> dict:
+         progress: Callable[[int, int | None], None] | None = None, now_us: int | None = None) -> dict:
     """Load ``input_path`` of format ``fmt`` into the data dir ``out_dir``; returns the summary (see module doc).
 
     ``column_map`` (csv, parquet): contract column -> source column name (or 0-based position for headerless
     csv). ``cfg``: a :class:`pi2i.config.Config` (``data.*`` keys). ``progress(done, total)``: bytes or rows.
+    ``now_us``: the load time that ``future_ts`` is measured from (default: now). Atomic (see module doc).
     """
     from pi2i.config import Config
 
@@ -667,13 +750,18 @@ def load(fmt: str, input_path: str, out_dir: str, column_map: dict[str, str] | N
     if "://" not in input_path and not os.path.exists(input_path):
         raise ContractError(f"input not found: {input_path}")
     spec = _spec(fmt, input_path, column_map, cfg)
-    if fmt == "parquet":
-        summary = _load_parquet(spec, input_path, out_dir, cfg, progress)
-    else:
-        summary = _load_text(spec, input_path, out_dir, cfg, progress)
-    summary["seconds"] = round(time.perf_counter() - started, 3)
+    out_fs, out_path = resolve(out_dir)
+    if out_fs.get_file_info(out_path).type == pafs.FileType.File:
+        raise ContractError(f"--out {out_dir} is a file, expected a directory")
+    now = to_us(dt.datetime.now(dt.UTC)) if now_us is None else int(now_us)
+    staging = _staging_dir(out_dir)
+    try:
+        reader = _load_parquet if fmt == "parquet" else _load_text
+        summary = reader(spec, input_path, staging, cfg, progress, now)
+        summary["seconds"] = round(time.perf_counter() - started, 3)
+        write_json(summary, join(staging, SUMMARY_FILE))
+        _commit(staging, out_dir)
+    finally:
+        _remove_dir(staging)  # after a failure: all of it; after success: nothing is left there
     return summary
 
-
-def read_quarantine(data_dir: str) -> pa.Table:
-    return read_parquet(join(data_dir, QUARANTINE_FILE))

@@ -66,6 +66,7 @@ from pi2i.contracts import (
     write_json,
     write_parquet,
 )
+from pi2i.data.events import to_iso, to_us
 from pi2i.data.loaders import QUARANTINE_SCHEMA
 
 _MAX_INTERESTS = 5  # slots 0..4 are the initial interests, slot 5 the one that drifts in
@@ -376,15 +377,6 @@ def _chunk_events(w: World, u0: int, u1: int, chunk: int, t0_us: int) -> tuple[p
     return table, 1 + int(np.count_nonzero(np.diff(key)))
 
 
-def _parse_ts_us(s: str) -> int:
-    import datetime as dt
-
-    d = dt.datetime.fromisoformat(s)
-    if d.tzinfo is None:
-        d = d.replace(tzinfo=dt.UTC)
-    return round(d.timestamp() * _US)
-
-
 def items_table(w: World) -> pa.Table:
     order = np.argsort(w.item_ids, kind="stable")
     return pa.table({
@@ -426,7 +418,7 @@ def generate(out_dir: str, users: int, items: int, events: int, seed: int = 0,
     p = SynthParams(users=int(users), items=int(items), events=int(events), seed=int(seed), **opts)
     started = time.perf_counter()
     w = build_world(p)
-    t0_us = _parse_ts_us(p.start)
+    t0_us = to_us(p.start)
     makedirs(out_dir)
     fs, path = resolve(join(out_dir, EVENTS_FILE))
     tmp = path + ".tmp"
@@ -452,11 +444,7 @@ def generate(out_dir: str, users: int, items: int, events: int, seed: int = 0,
     write_parquet(items_table(w), join(out_dir, ITEMS_FILE))
     write_parquet(users_table(w), join(out_dir, USERS_FILE))
     write_parquet(QUARANTINE_SCHEMA.empty_table(), join(out_dir, QUARANTINE_FILE))
-    import datetime as dt
-
-    def iso(us: int) -> str:
-        return dt.datetime.fromtimestamp(us / _US, dt.UTC).isoformat().replace("+00:00", "Z")
-
+    assert ts_min is not None and ts_max is not None  # p.events >= 1
     summary = {
         "source": "synthetic", "preset": preset,
         "rows_in": p.events, "rows_kept": p.events, "rows_quarantined": 0, "quarantine_reasons": {},
@@ -464,7 +452,7 @@ def generate(out_dir: str, users: int, items: int, events: int, seed: int = 0,
         "categories": int(w.item_cat.max()) + 1, "clusters": int(w.item_cluster.max()) + 1,
         "brands": int(np.unique(w.item_brand).size),
         "behaviors": {b: int(x) for b, x in zip(BEHAVIORS, beh_counts)},
-        "ts_min": iso(ts_min), "ts_max": iso(ts_max),
+        "ts_min": to_iso(ts_min), "ts_max": to_iso(ts_max),
         "params": asdict(p), "seconds": round(time.perf_counter() - started, 3),
     }
     write_json({k: v for k, v in summary.items() if k != "seconds"}, join(out_dir, SUMMARY_FILE))

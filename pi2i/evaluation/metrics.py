@@ -1,4 +1,4 @@
-"""Retrieval metrics over many users at once: HR@K (paper Eq. 5), recall@K, NDCG@K and category coverage.
+"""Retrieval metrics over many users at once: HR@K (paper Eq. 5), recall, NDCG, relevance, coverage, tail HR.
 
 Inputs, shared by every method so all are scored by the same code:
 
@@ -14,10 +14,17 @@ up among them with ``searchsorted`` — no per-user Python, no sort of the lists
 * ``hr@K``   = mean over users of |top-K ∩ clicked_after| / |clicked_after|            (paper Eq. 5: macro recall)
 * ``recall@K`` = Σ_u |top-K ∩ clicked_after| / Σ_u |clicked_after|                       (pooled / micro recall)
 * ``ndcg@K`` = mean over users of DCG@K / IDCG@K, binary gains, IDCG with min(K, |clicked_after|) hits
-* ``category_coverage@K`` = mean over users (with a known test category) of the fraction of the categories
-  of their clicked-after items present among the categories of their top-K      (coarse, category-level HR)
-* ``catalog_category_coverage@K`` = fraction of the catalog's categories that appear in at least one user's
-  top-K (aggregate diversity)
+* ``tail_hr@K`` = HR (Eq. 5) over the test clicks on long-tail items only, mean over users with at least one
+  (which items are long-tail is the caller's ``tail`` mask over the test pairs)
+* ``relevance@K`` = mean over users of the share of their top-K items (of known category) whose category is
+  one of the categories of the user's recent items (MTMH's semantic relevance, user level)
+* ``coverage@K`` = mean over users (with a known test category) of the fraction of the categories of their
+  clicked-after items present among the categories of their top-K      (category coverage: coarse HR)
+* ``catalog_coverage@K`` = fraction of the catalog's categories that appear in at least one user's top-K
+  (aggregate diversity)
+
+The category metrics need item categories; without them they are left out. A candidate *set* (a pool, not
+a ranking) is scored by :meth:`MetricAccumulator.add_set`: its HR is the same at every K.
 
 Users are processed in chunks so memory stays at ``chunk × n_cols`` whatever the number of users.
 """
@@ -126,8 +133,20 @@ class MetricAccumulator:
         self.ndcg = np.zeros(len(self.ks))
         self.cat_cov = np.zeros(len(self.ks))
         self.cat_n = 0
+        self.tail_hr = np.zeros(len(self.ks))
+        self.tail_n = 0
+        self.rel = np.zeros(len(self.ks))
+        self.rel_n = np.zeros(len(self.ks), np.int64)
+        self.set_hr = 0.0
+        self.set_tail_hr = 0.0
+        self.set_n = 0
+        self.set_tail_n = 0
+        self._set_user_hr: list[np.ndarray] = []
+        self._user_hr: list[np.ndarray] = []  # per chunk (n, len(ks)): the paired gate needs per-user HR
         self._ideal = np.cumsum(1.0 / np.log2(np.arange(max(self.ks, default=1)) + 2.0))
-        self.cat_ids = None
+        self.cat_ids: np.ndarray | None = None
+        self.cat_codes = np.empty(0, np.int64)
+        self.n_cats = 0
         if item_categories is not None:
             ids, cats = (np.asarray(x, np.int64) for x in item_categories)
             order = np.argsort(ids, kind="stable")
@@ -136,9 +155,13 @@ class MetricAccumulator:
             self.cat_first = np.full(max(self.n_cats, 1), ABSENT, np.int64)
 
     def _cats(self, a: np.ndarray) -> np.ndarray:
+        assert self.cat_ids is not None
         return _lookup(self.cat_ids, self.cat_codes, a)
 
-    def add(self, ranked: np.ndarray, test_indptr: np.ndarray, test_items: np.ndarray) -> None:
+    def add(self, ranked: np.ndarray, test_indptr: np.ndarray, test_items: np.ndarray,
+            tail: np.ndarray | None = None, recent: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """One chunk of users: ``ranked`` lists, test CSR, optional long-tail mask over the test pairs and the
+        users' recent items as CSR (for relevance)."""
         ranked = np.asarray(ranked, np.int64)
         test_indptr = np.asarray(test_indptr, np.int64) - int(test_indptr[0])
         test_items = np.asarray(test_items, np.int64)[: test_indptr[-1]] if len(test_indptr) else test_items[:0]
@@ -156,12 +179,22 @@ class MetricAccumulator:
         pos = _first_positions(_lookup(vocab, code, ranked), q_users, _lookup(vocab, code, test_items))
         inside = pos[None, :] < self._kk  # (n_ks, n_pairs)
         gain = np.where(pos < ABSENT, 1.0 / np.log2(np.minimum(pos, 2**40) + 2.0), 0.0)
+        user_hr = np.zeros((n, len(self.ks)))
+        tail_w = None if tail is None else np.asarray(tail, bool)[: len(q_users)].astype(np.float64)
+        tail_sizes = None if tail_w is None else np.bincount(q_users, weights=tail_w, minlength=n)
         for j, k in enumerate(self.ks):
             h = np.bincount(q_users, weights=inside[j], minlength=n)
             d = np.bincount(q_users, weights=inside[j] * gain, minlength=n)
-            self.hr[j] += np.sum(h / sizes)
+            user_hr[:, j] = h / sizes
             self.hits[j] += h.sum()
             self.ndcg[j] += np.sum(d / self._ideal[np.minimum(sizes, k) - 1])
+            if tail_w is not None and tail_sizes is not None:
+                th = np.bincount(q_users, weights=inside[j] * tail_w, minlength=n)
+                self.tail_hr[j] += np.sum(th[tail_sizes > 0] / tail_sizes[tail_sizes > 0])
+        self.hr += user_hr.sum(0)
+        self._user_hr.append(user_hr)
+        if tail_sizes is not None:
+            self.tail_n += int((tail_sizes > 0).sum())
         self.n += n
         self.size_sum += int(sizes.sum())
         if self.cat_ids is None:
@@ -182,6 +215,60 @@ class MetricAccumulator:
         for j, k in enumerate(self.ks):
             got = np.bincount(cu, weights=cpos < k, minlength=n)
             self.cat_cov[j] += np.sum(got[ncat > 0] / ncat[ncat > 0])
+        if recent is not None:
+            self._add_relevance(rc, recent)
+
+    def _add_relevance(self, rc: np.ndarray, recent: tuple[np.ndarray, np.ndarray]) -> None:
+        """relevance@K: share of the top-K items (of known category) in a category of the user's recent items."""
+        n, w = rc.shape
+        r_ptr, r_items = (np.asarray(x, np.int64) for x in recent)
+        r_ptr = r_ptr - r_ptr[0]
+        r_cat = self._cats(r_items[: r_ptr[-1]])
+        r_users = np.repeat(np.arange(n, dtype=np.int64), np.diff(r_ptr))
+        span = np.int64(self.n_cats + 1)
+        keys = np.unique((r_users * span + r_cat)[r_cat >= 0])
+        has_recent = np.bincount(r_users[r_cat >= 0], minlength=n) > 0
+        known = rc >= 0
+        lk = np.arange(n, dtype=np.int64)[:, None] * span + rc
+        relevant = known & np.isin(lk, keys)
+        known_cum = np.cumsum(known, axis=1)
+        rel_cum = np.cumsum(relevant, axis=1)
+        for j, k in enumerate(self.ks):
+            if w == 0:
+                break
+            c = min(k, w) - 1
+            ok = has_recent & (known_cum[:, c] > 0)
+            self.rel[j] += np.sum(rel_cum[ok, c] / known_cum[ok, c])
+            self.rel_n[j] += int(ok.sum())
+
+    def add_set(self, in_set: np.ndarray, test_indptr: np.ndarray, tail: np.ndarray | None = None) -> None:
+        """One chunk of users scored as a candidate *set*: ``in_set`` flags each test pair found in the user's
+        set. HR of a set = mean over users of |set ∩ clicked_after| / |clicked_after| (the ceiling of any
+        ranking of it); ``tail`` as in :meth:`add`."""
+        test_indptr = np.asarray(test_indptr, np.int64) - int(test_indptr[0])
+        n = len(test_indptr) - 1
+        sizes = np.diff(test_indptr)
+        q_users = np.repeat(np.arange(n, dtype=np.int64), sizes)
+        hit = np.asarray(in_set, np.float64)
+        per_user = np.bincount(q_users, weights=hit, minlength=n) / np.maximum(sizes, 1)
+        self.set_hr += float(per_user.sum())
+        self.set_n += n
+        self._set_user_hr.append(per_user)
+        if tail is not None:
+            tw = np.asarray(tail, np.float64)
+            ts = np.bincount(q_users, weights=tw, minlength=n)
+            th = np.bincount(q_users, weights=hit * tw, minlength=n)
+            self.set_tail_hr += float(np.sum(th[ts > 0] / ts[ts > 0]))
+            self.set_tail_n += int((ts > 0).sum())
+
+    def user_hr(self, k: int) -> np.ndarray:
+        """Per-user HR@k over every user added so far, in the order added (for paired comparisons)."""
+        j = self.ks.index(int(k))
+        return np.concatenate([u[:, j] for u in self._user_hr]) if self._user_hr else np.empty(0)
+
+    def user_set_hr(self) -> np.ndarray:
+        """Per-user HR of the candidate set (see :meth:`add_set`), in the order added."""
+        return np.concatenate(self._set_user_hr) if self._set_user_hr else np.empty(0)
 
     def result(self) -> dict[str, dict[int, float]]:
         nan = float("nan")
@@ -191,22 +278,37 @@ class MetricAccumulator:
             "recall": {k: float(self.hits[j] / self.size_sum) if n else nan for j, k in enumerate(self.ks)},
             "ndcg": {k: float(self.ndcg[j] / n) if n else nan for j, k in enumerate(self.ks)},
         }
+        if self.tail_n:
+            out["tail_hr"] = {k: float(self.tail_hr[j] / self.tail_n) for j, k in enumerate(self.ks)}
         if self.cat_ids is not None:
-            out["category_coverage"] = {k: float(self.cat_cov[j] / self.cat_n) if self.cat_n else nan
-                                        for j, k in enumerate(self.ks)}
-            out["catalog_category_coverage"] = {
+            out["coverage"] = {k: float(self.cat_cov[j] / self.cat_n) if self.cat_n else nan
+                               for j, k in enumerate(self.ks)}
+            out["catalog_coverage"] = {
                 k: float((self.cat_first < k).sum() / self.n_cats) if self.n_cats else nan
                 for j, k in enumerate(self.ks)}
+            if self.rel_n.any():
+                out["relevance"] = {k: float(self.rel[j] / self.rel_n[j]) if self.rel_n[j] else nan
+                                    for j, k in enumerate(self.ks)}
+        return out
+
+    def set_result(self) -> dict[str, float]:
+        """``{"hr": ..., "tail_hr": ...}`` of the candidate sets added with :meth:`add_set`."""
+        nan = float("nan")
+        out = {"hr": self.set_hr / self.set_n if self.set_n else nan}
+        if self.set_tail_n:
+            out["tail_hr"] = self.set_tail_hr / self.set_tail_n
         return out
 
 
 def ranking_metrics(ranked: np.ndarray, test_indptr: np.ndarray, test_items: np.ndarray, ks: Sequence[int],
                     item_categories: tuple[np.ndarray, np.ndarray] | None = None,
-                    chunk_users: int = 4096) -> dict[str, dict[int, float]]:
-    """HR / recall / NDCG / category coverage at every K in ``ks`` (see the module docstring).
+                    chunk_users: int = 4096, tail: np.ndarray | None = None,
+                    recent: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, dict[int, float]]:
+    """Every metric of the module docstring at every K in ``ks`` (the one-shot form of the accumulator).
 
     ``item_categories`` is ``(item_ids, category_ids)`` from the items table; without it the category
-    metrics are left out. Returns ``{metric: {K: value}}``; NaN when there are no test users.
+    metrics are left out. ``tail`` flags the long-tail test pairs (``tail_hr``), ``recent`` (CSR) the users'
+    recent items (``relevance``). Returns ``{metric: {K: value}}``; NaN when there are no test users.
     """
     test_indptr = np.asarray(test_indptr, np.int64)
     n = len(test_indptr) - 1
@@ -216,29 +318,8 @@ def ranking_metrics(ranked: np.ndarray, test_indptr: np.ndarray, test_items: np.
     acc = MetricAccumulator(ks, item_categories)
     for a in range(0, n, chunk_users):
         b = min(n, a + chunk_users)
-        acc.add(ranked[a:b], test_indptr[a:b + 1], test_items[test_indptr[a]:])
+        lo, hi = test_indptr[a], test_indptr[b]
+        rec = None if recent is None else (recent[0][a:b + 1], recent[1])
+        acc.add(ranked[a:b], test_indptr[a:b + 1], test_items[lo:hi], None if tail is None else tail[lo:hi],
+                None if rec is None else (rec[0] - rec[0][0], rec[1][rec[0][0]:rec[0][-1]]))
     return acc.result()
-
-
-def set_hit_rate(pool_users: np.ndarray, pool_items: np.ndarray, test_indptr: np.ndarray,
-                 test_items: np.ndarray) -> tuple[float, np.ndarray]:
-    """HR of an unordered candidate set per user: mean of |pool_u ∩ clicked_after_u| / |clicked_after_u|.
-
-    ``pool_users`` are user row indices (0..n-1), ``pool_items`` the candidate item ids (duplicates allowed).
-    This is the ceiling any re-ranking of that pool can reach at any K. Returns (HR, per-user hit counts).
-    """
-    test_indptr = np.asarray(test_indptr, np.int64)
-    test_items = np.asarray(test_items, np.int64)
-    n = len(test_indptr) - 1
-    sizes = np.diff(test_indptr)
-    q_users = np.repeat(np.arange(n, dtype=np.int64), sizes)
-    vocab = np.unique(test_items)
-    at = np.searchsorted(vocab, pool_items)
-    at_c = np.minimum(at, max(len(vocab) - 1, 0))
-    ok = (vocab[at_c] == pool_items) if len(vocab) else np.zeros(len(pool_items), bool)
-    span = np.int64(len(vocab) + 1)
-    pool_keys = np.unique(np.asarray(pool_users, np.int64)[ok] * span + at_c[ok])
-    test_keys = q_users * span + np.searchsorted(vocab, test_items)
-    hit = np.isin(test_keys, pool_keys, assume_unique=False)
-    per_user = np.bincount(q_users, weights=hit, minlength=n)
-    return (float(np.mean(per_user / sizes)) if n else float("nan")), per_user

@@ -15,10 +15,10 @@ import json
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 from numba import njit, prange
 
 from pi2i.contracts import BEHAVIORS
+from pi2i.data.events import clicks, event_arrays, last_distinct, recent_histories
 from pi2i.ibs.i2i import I2IIndex
 
 DEFAULT_LADDER: tuple[int, ...] = (10, 20, 50, 100, 200, 500, 1000, 1250, 2000)
@@ -27,32 +27,6 @@ SWEEP_SCHEMA = pa.schema([
     pa.field("T", pa.int64()), pa.field("hr", pa.float64()), pa.field("mean_pool_size", pa.float64()),
     pa.field("median_pool_size", pa.float64()), pa.field("users", pa.int64()),
 ])
-
-
-def _events_np(events: pa.Table, behaviors) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    ev = events.filter(pc.is_in(events.column("behavior"), value_set=pa.array(list(behaviors), pa.string())))
-    u = ev.column("user_id").to_numpy().astype(np.int64, copy=False)
-    i = ev.column("item_id").to_numpy().astype(np.int64, copy=False)
-    t = pc.cast(ev.column("ts"), pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
-    return u, i, t
-
-
-def last_distinct(users: np.ndarray, items: np.ndarray, ts: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
-    """Per user, the ``n`` most recent distinct items: (user ids sorted, indptr, items newest first)."""
-    o = np.lexsort((-ts, users))  # user, newest first
-    u, i = users[o], items[o]
-    # first occurrence of (user, item) in newest-first order = its latest click
-    key = np.stack([u, i], 1)
-    _, first = np.unique(key, axis=0, return_index=True)
-    first.sort()
-    u, i = u[first], i[first]
-    uu, start, cnt = np.unique(u, return_index=True, return_counts=True)
-    pos = np.arange(len(u)) - np.repeat(start, cnt)
-    keep = pos < n
-    u, i = u[keep], i[keep]
-    indptr = np.zeros(len(uu) + 1, np.int64)
-    np.cumsum(np.minimum(cnt, n), out=indptr[1:])
-    return uu, indptr, i
 
 
 @njit(parallel=True, nogil=True, cache=True)
@@ -80,8 +54,7 @@ def _pool_kernel(trig_indptr, trig_rows, row_indptr, row_targets, row_ranks, tes
                     if minrank[t] == big:
                         touched[nt] = t
                         nt += 1
-                    if rk < minrank[t]:
-                        minrank[t] = rk
+                    minrank[t] = min(minrank[t], rk)
             hist[:] = 0
             for k in range(nt):
                 hist[np.searchsorted(ladder, minrank[touched[k]])] += 1
@@ -123,11 +96,11 @@ def sweep(train_events: pa.Table, test_events: pa.Table, i2i_table: pa.Table,
     capped = [t for t in ladder if t < max_len] + ([max_len] if max_len and ladder[-1] >= max_len else [])
     ladder_arr = np.array(capped or [ladder[0]], np.int64)
 
-    tu, ti, tt = _events_np(train_events, behaviors)
-    su, si, _ = _events_np(test_events, behaviors)
+    su, si, _ = event_arrays(clicks(test_events, behaviors))
     if len(su) == 0:
         raise ValueError("sweep: no test events")
-    hu, hptr, hitems = last_distinct(tu, ti, tt, num_triggers)
+    hu, h_ptr, h_items, _ = recent_histories(train_events, None, behaviors, dedup_consecutive=False)
+    hptr, hitems = last_distinct(h_ptr, h_items, num_triggers)  # the trigger list, most recent first
     # test users with a history, distinct test items per user
     pairs = np.unique(np.stack([su, si], 1), axis=0)
     pu, pi = pairs[:, 0], pairs[:, 1]
@@ -137,7 +110,7 @@ def sweep(train_events: pa.Table, test_events: pa.Table, i2i_table: pa.Table,
     m = np.isin(pu, users)
     pu, pi = pu[m], pi[m]
     if exclude_history:
-        seen = np.unique(np.stack([tu, ti], 1), axis=0)
+        seen = np.unique(np.stack([np.repeat(hu, np.diff(h_ptr)), h_items], 1), axis=0)
         pk = np.stack([pu, pi], 1)
         view = lambda a: np.ascontiguousarray(a).view([("u", np.int64), ("i", np.int64)]).ravel()
         m = ~np.isin(view(pk), view(seen))
@@ -179,29 +152,6 @@ def sweep_summary(table: pa.Table) -> dict:
     return json.loads(meta[b"pi2i.ibs.sweep"]) if b"pi2i.ibs.sweep" in meta else {"rows": table.to_pylist()}
 
 
-def plot_sweep(table: pa.Table, path: str, title: str = "Swing truncation study") -> None:
-    """HR (left axis) and mean pool size (right axis) against T, log-x."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    d = table.to_pydict()
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-    ax.plot(d["T"], d["hr"], "o-", color="tab:blue", label="HR of pool")
-    ax.set_xscale("log")
-    ax.set_xlabel("truncation T (targets per trigger)")
-    ax.set_ylabel("HR of candidate pool (Eq. 5)", color="tab:blue")
-    ax2 = ax.twinx()
-    ax2.plot(d["T"], d["mean_pool_size"], "s--", color="tab:orange", label="mean pool size")
-    ax2.set_ylabel("mean pool size", color="tab:orange")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
 def run_sweep(train_dir: str, test_dir: str, out_dir: str, i2i_uri: str | None = None, cfg=None,
               t_ladder=DEFAULT_LADDER, num_triggers: int | None = None, workers: int = 1,
               exclude_history: bool = False) -> dict:
@@ -209,7 +159,16 @@ def run_sweep(train_dir: str, test_dir: str, out_dir: str, i2i_uri: str | None =
     import pyarrow.csv as pacsv
 
     from pi2i.config import Config
-    from pi2i.contracts import EVENTS_FILE, join, makedirs, read_events, read_i2i, write_json, write_parquet
+    from pi2i.contracts import (
+        EVENTS_FILE,
+        join,
+        makedirs,
+        read_events,
+        read_i2i,
+        write_bytes,
+        write_json,
+        write_parquet,
+    )
 
     cfg = cfg or Config()
     train = read_events(join(train_dir, EVENTS_FILE))
@@ -229,7 +188,9 @@ def run_sweep(train_dir: str, test_dir: str, out_dir: str, i2i_uri: str | None =
     write_parquet(table, join(out_dir, "sweep.parquet"))
     if "://" not in out_dir:
         pacsv.write_csv(table, join(out_dir, "sweep.csv"))
-        plot_sweep(table, join(out_dir, "sweep.png"), f"Swing truncation study (L={L} triggers)")
+    from pi2i.evaluation.report import plot_sweep  # the one HR-vs-T plot (the evaluation report shows it too)
+
+    write_bytes(plot_sweep(table, title=f"Swing truncation study (L={L} triggers)"), join(out_dir, "sweep.png"))
     summary["i2i"] = i2i_uri or "built from train"
     if built is not None:
         summary["swing_stats"] = built

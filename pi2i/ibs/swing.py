@@ -31,11 +31,12 @@ nothing grows with item × item.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -43,7 +44,8 @@ import pyarrow.compute as pc
 from numba import get_thread_id, njit, prange
 
 from pi2i.config import SwingConfig
-from pi2i.contracts import I2I_SCHEMA, read_events, write_json, write_parquet
+from pi2i.contracts import I2I_SCHEMA, SYNTHETIC_BEHAVIOR, read_events, write_json, write_parquet
+from pi2i.data.events import clicks, event_arrays, splitmix64
 
 __all__ = ["SwingGraph", "build_swing", "prepare_graph", "run_swing", "swing_kernel"]
 
@@ -85,25 +87,66 @@ class SwingGraph:
         owner = np.repeat(np.arange(self.n_items), np.diff(self.item_indptr))
         return np.bincount(owner, weights=deg[self.item_users], minlength=self.n_items).astype(np.int64)
 
+    def csr(self) -> Graph:
+        """The arrays the kernel reads, as one struct."""
+        return Graph(self.user_indptr, self.user_items, self.user_kept, self.item_indptr, self.item_users,
+                     self.weight)
 
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64 finaliser (vectorised): a fixed, platform-independent hash for seeded sampling."""
-    x = x.astype(np.uint64, copy=True)
-    with np.errstate(over="ignore"):
-        x ^= x >> np.uint64(30)
-        x *= np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(27)
-        x *= np.uint64(0x94D049BB133111EB)
-        x ^= x >> np.uint64(31)
-    return x
+
+class Graph(NamedTuple):
+    """The capped user–item graph as the kernel sees it (a tuple of arrays: numba passes it as one struct)."""
+
+    user_indptr: np.ndarray  # int64 [n_users+1]
+    user_items: np.ndarray  # int32: I_u, ascending
+    user_kept: np.ndarray  # uint8: 1 where u is in the sampled U_j of that item j
+    item_indptr: np.ndarray  # int64 [n_items+1]
+    item_users: np.ndarray  # int32: U_i (sampled), ascending
+    weight: np.ndarray  # float64 [n_users]: w_u
+
+
+class Scratch(NamedTuple):
+    """Per-thread work buffers of :func:`_one_trigger`, one row per thread slot (see the kernel's steps)."""
+
+    lsize: np.ndarray  # int32 [slots, n_items]: |L_j|, then the end offset of L_j; zero between triggers
+    cur: np.ndarray  # int32 [slots, n_items]: fill cursor of L_j (-1: a singleton, never pairs)
+    acc: np.ndarray  # float64 [slots, n_items]: s(i, j) being summed; zero between triggers
+    touched: np.ndarray  # int32 [slots, n_items]: the j with count[j] > 0
+    seq_j: np.ndarray  # int32 [slots, max_load]: items of I_u for u in U_i, concatenated (pass A)
+    seq_k: np.ndarray  # uint8 [slots, max_load]: their user_kept flags
+    soff: np.ndarray  # int64 [slots, max_m+1]: offsets of each a's items in seq_j
+    lbuf: np.ndarray  # int32 [slots, max_load]: the lists L_j back to back
+    lkept: np.ndarray  # uint8 [slots, max_load]: kept flag of each L_j entry
+    ent_s: np.ndarray  # int32 [slots, max_load]: per (a, j) entry, start of the tail of L_j after a
+    ent_e: np.ndarray  # int32 [slots, max_load]: ... its end
+    ent_j: np.ndarray  # int32 [slots, max_load]: ... the item j
+    ent_k: np.ndarray  # uint8 [slots, max_load]: ... whether u_a is kept in U_j
+    aptr: np.ndarray  # int64 [slots, max_m+1]: entries of each a
+    cpair: np.ndarray  # int32 [slots, max_m]: |I_a ∩ I_b| - 1 per partner b
+    fpair: np.ndarray  # float64 [slots, max_m]: w_b / (alpha + |I_a ∩ I_b|)
+    tb: np.ndarray  # int32 [slots, max_m]: partners b touched for this a
+
+
+def _scratch(n_slots: int, n_items: int, max_load: int, max_m: int) -> Scratch:
+    """Zeroed / empty per-thread buffers (the zeroed ones must be zero between triggers)."""
+    def z(n: int, dt: type) -> np.ndarray:
+        return np.zeros((n_slots, n), dt)
+
+    def e(n: int, dt: type) -> np.ndarray:
+        return np.empty((n_slots, n), dt)
+
+    return Scratch(z(n_items, np.int32), z(n_items, np.int32), z(n_items, np.float64), e(n_items, np.int32),
+                   e(max_load, np.int32), e(max_load, np.uint8), e(max_m + 1, np.int64), e(max_load, np.int32),
+                   e(max_load, np.uint8), e(max_load, np.int32), e(max_load, np.int32), e(max_load, np.int32),
+                   e(max_load, np.uint8), e(max_m + 1, np.int64), z(max_m, np.int32), z(max_m, np.float64),
+                   e(max_m, np.int32))
 
 
 def _edge_hash(user_ids: np.ndarray, item_ids: np.ndarray, seed: int) -> np.ndarray:
     """Deterministic pseudo-random key per (seed, user, item) on original ids: independent of input order."""
     with np.errstate(over="ignore"):
-        s = _mix64(np.array([seed], dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15))[0]
-        h = _mix64(user_ids.astype(np.uint64) ^ s)
-        return _mix64(h ^ (item_ids.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)))
+        s = splitmix64(np.array([seed], dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15))[0]
+        h = splitmix64(user_ids.astype(np.uint64) ^ s)
+        return splitmix64(h ^ (item_ids.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)))
 
 
 def _dense_ids(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,17 +167,17 @@ def prepare_graph(events: pa.Table, cfg: SwingConfig) -> SwingGraph:
     missing = [c for c in ("user_id", "item_id", "behavior", "ts") if c not in events.column_names]
     if missing:
         raise ValueError(f"swing: events lack column(s) {missing}")
-    mask = pc.is_in(events.column("behavior"), value_set=pa.array(list(cfg.behaviors), pa.string()))
-    ev = events if pc.all(mask).as_py() else events.filter(mask)  # no copy when every row counts
+    counted = list(cfg.behaviors) + ([SYNTHETIC_BEHAVIOR] if cfg.include_synthetic else [])  # LLM-I2I rows
+    ev = clicks(events, counted)  # no copy when every row counts
     if ev.num_rows == 0:
-        raise ValueError(f"swing: no events with behaviour in {list(cfg.behaviors)} (of {n_in} rows)")
+        raise ValueError(f"swing: no events with behaviour in {counted} (of {n_in} rows)")
     item_ids, it = _dense_ids(ev.column("item_id"))
     user_ids, us = _dense_ids(ev.column("user_id"))
     n_items, n_users = len(item_ids), len(user_ids)
     # distinct (user, item) edges, sorted by (user, item); with the item cap, also their latest timestamp
     key = us.astype(np.int64) * n_items + it
     if cfg.max_items_per_user > 0:
-        ts = pc.cast(ev.column("ts"), pa.timestamp("us", tz="UTC")).cast(pa.int64()).to_numpy()
+        ts = event_arrays(ev)[2]
         o1 = np.argsort(ts, kind="stable")
         order = o1[np.argsort(key[o1], kind="stable")]  # by key, then time
         ks = key[order]
@@ -151,6 +194,7 @@ def prepare_graph(events: pa.Table, cfg: SwingConfig) -> SwingGraph:
 
     # cap 1: the max_items_per_user most recent items (ties in time: larger item id counts as more recent)
     if cfg.max_items_per_user > 0:
+        assert ets is not None
         o = np.lexsort((ei, ets, eu))  # per user, oldest first
         deg = np.bincount(eu, minlength=n_users)
         start = np.concatenate(([0], np.cumsum(deg)[:-1]))
@@ -187,12 +231,13 @@ def prepare_graph(events: pa.Table, cfg: SwingConfig) -> SwingGraph:
     item_users = eu[o].astype(np.int32)
 
     stats = {"events_in": int(n_in), "events_used": int(ev.num_rows), "users": int(n_users),
-             "items": int(n_items), "edges_distinct": int(n_edges), "edges_indexed": int(len(eu)),
+             "items": int(n_items), "edges_distinct": int(n_edges), "edges_indexed": len(eu),
              "edges_sampled": int(kept.sum())}
     arrays = [item_ids.astype(np.int64), user_indptr, user_items, kept, item_indptr, item_users, weight]
     for a in arrays:  # read-only, like the zero-copy views a Ray task gets: one numba signature for both paths
         a.flags.writeable = False
-    return SwingGraph(*arrays, stats)
+    return SwingGraph(item_ids=arrays[0], user_indptr=user_indptr, user_items=user_items, user_kept=kept,
+                      item_indptr=item_indptr, item_users=item_users, weight=weight, stats=stats)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -201,10 +246,14 @@ def prepare_graph(events: pa.Table, cfg: SwingConfig) -> SwingGraph:
 
 
 @njit(nogil=True, cache=True)
-def _one_trigger(i, user_indptr, user_items, user_kept, item_indptr, item_users, weight, alpha, top_t, sampled,
-                 count, cur, acc, touched, seq_j, seq_k, soff, lbuf, lkept, ent_s, ent_e, ent_j, ent_k, aptr,
-                 cpair, fpair, tb, out_t, out_s):
-    """Swing row of dense trigger ``i`` into out_t/out_s; returns (row length, pair-item updates)."""
+def _one_trigger(i, g, alpha, top_t, sampled, scr, s, out_t, out_s):  # pragma: no cover - numba
+    """Swing row of dense trigger ``i`` of graph ``g`` into out_t/out_s, with the scratch row ``s`` of ``scr``;
+    returns (row length, pair-item updates)."""
+    user_indptr, user_items, user_kept, item_indptr, item_users, weight = g
+    count, cur, acc, touched = scr.lsize[s], scr.cur[s], scr.acc[s], scr.touched[s]
+    seq_j, seq_k, soff, lbuf, lkept = scr.seq_j[s], scr.seq_k[s], scr.soff[s], scr.lbuf[s], scr.lkept[s]
+    ent_s, ent_e, ent_j, ent_k, aptr = scr.ent_s[s], scr.ent_e[s], scr.ent_j[s], scr.ent_k[s], scr.aptr[s]
+    cpair, fpair, tb = scr.cpair[s], scr.fpair[s], scr.tb[s]
     u0, u1 = item_indptr[i], item_indptr[i + 1]
     m = u1 - u0
     if m < 2:
@@ -316,11 +365,11 @@ def _one_trigger(i, user_indptr, user_items, user_kept, item_indptr, item_users,
 
 
 @njit(parallel=True, nogil=True, cache=True)
-def swing_kernel(triggers, bounds, user_indptr, user_items, user_kept, item_indptr, item_users, weight,
-                 alpha, top_t, n_items, max_load, max_m, n_slots, sampled):
-    """Rows of ``triggers`` (dense ids); chunk c = triggers[bounds[c]:bounds[c+1]] runs on one thread.
+def swing_kernel(triggers, bounds, g, alpha, top_t, scr, sampled):
+    """Rows of ``triggers`` (dense ids) of graph ``g``; chunk c = triggers[bounds[c]:bounds[c+1]] runs on one
+    thread.
 
-    Scratch is per thread (``n_slots`` >= pool size, indexed by ``get_thread_id``), so chunks can be handed out
+    Scratch ``scr`` is per thread (a row per slot >= pool size, indexed by ``get_thread_id``), so chunks can be handed out
     dynamically (``parallel_chunksize(1)``) without per-chunk O(n_items) allocations.
     Returns (targets [n, T] int32, scores [n, T] float32, lengths [n] int32, pair-item updates [n] int64).
     """
@@ -329,33 +378,10 @@ def swing_kernel(triggers, bounds, user_indptr, user_items, user_kept, item_indp
     out_s = np.empty((n, top_t), np.float32)
     lens = np.zeros(n, np.int32)
     upd = np.zeros(n, np.int64)
-    count = np.zeros((n_slots, n_items), np.int32)
-    cur = np.zeros((n_slots, n_items), np.int32)
-    acc = np.zeros((n_slots, n_items), np.float64)
-    touched = np.empty((n_slots, n_items), np.int32)
-    seq_j = np.empty((n_slots, max_load), np.int32)
-    seq_k = np.empty((n_slots, max_load), np.uint8)
-    soff = np.empty((n_slots, max_m + 1), np.int64)
-    lbuf = np.empty((n_slots, max_load), np.int32)
-    lkept = np.empty((n_slots, max_load), np.uint8)
-    ent_s = np.empty((n_slots, max_load), np.int32)
-    ent_e = np.empty((n_slots, max_load), np.int32)
-    ent_j = np.empty((n_slots, max_load), np.int32)
-    ent_k = np.empty((n_slots, max_load), np.uint8)
-    aptr = np.empty((n_slots, max_m + 1), np.int64)
-    cpair = np.zeros((n_slots, max_m), np.int32)
-    fpair = np.zeros((n_slots, max_m), np.float64)
-    tb = np.empty((n_slots, max_m), np.int32)
     for c in prange(len(bounds) - 1):
         s = get_thread_id()
         for r in range(bounds[c], bounds[c + 1]):
-            ln, up = _one_trigger(triggers[r], user_indptr, user_items, user_kept, item_indptr, item_users,
-                                  weight, alpha, top_t, sampled, count[s], cur[s], acc[s], touched[s], seq_j[s],
-                                  seq_k[s], soff[s], lbuf[s], lkept[s],
-                                  ent_s[s], ent_e[s], ent_j[s], ent_k[s], aptr[s], cpair[s], fpair[s], tb[s],
-                                  out_t[r], out_s[r])
-            lens[r] = ln
-            upd[r] = up
+            lens[r], upd[r] = _one_trigger(triggers[r], g, alpha, top_t, sampled, scr, s, out_t[r], out_s[r])
     return out_t, out_s, lens, upd
 
 
@@ -387,6 +413,7 @@ def _rows(g: SwingGraph, triggers: np.ndarray, cfg: SwingConfig, chunks_per_thre
     load = g.trigger_load()
     m_all = np.diff(g.item_indptr)
     threads = numba.get_num_threads()
+    slots = int(numba.config.NUMBA_NUM_THREADS)  # type: ignore[attr-defined]  # get_thread_id() < this
     if batch_rows is None:  # bound the dense [rows, T] output buffers to ~32 MB
         batch_rows = max(256, (4 << 20) // max(top_t, 1))
     # batches: contiguous, cost-balanced, each at most batch_rows triggers
@@ -394,21 +421,21 @@ def _rows(g: SwingGraph, triggers: np.ndarray, cfg: SwingConfig, chunks_per_thre
     bb = balanced_ranges(cost, n_batches)
     # split further where a batch exceeds batch_rows
     fine = [bb[0]]
-    for a, b in zip(bb[:-1], bb[1:]):
+    for a, b in itertools.pairwise(bb):
         k = math.ceil((b - a) / batch_rows)
         fine.extend(np.linspace(a, b, k + 1).astype(np.int64)[1:].tolist())
     bb = np.array(fine, np.int64)
     tgt_parts, sc_parts, len_parts = [], [], []
     updates = 0
-    for a, b in zip(bb[:-1], bb[1:]):
+    for a, b in itertools.pairwise(bb):
         trig = triggers[a:b].astype(np.int64)
         bounds = balanced_ranges(cost[a:b], threads * chunks_per_thread)
         old_cs = numba.set_parallel_chunksize(1)  # dynamic hand-out of the cost-balanced chunks
         try:
             out_t, out_s, lens, upd = swing_kernel(
-                trig, bounds, g.user_indptr, g.user_items, g.user_kept, g.item_indptr, g.item_users, g.weight,
-                float(cfg.alpha), top_t, g.n_items, int(max(load[trig].max(), 1)), int(max(m_all[trig].max(), 1)),
-                int(numba.config.NUMBA_NUM_THREADS), bool(len(g.user_kept) and g.user_kept.min() == 0))
+                trig, bounds, g.csr(), float(cfg.alpha), top_t,
+                _scratch(slots, g.n_items, int(max(load[trig].max(), 1)), int(max(m_all[trig].max(), 1))),
+                bool(len(g.user_kept) and g.user_kept.min() == 0))
         finally:
             numba.set_parallel_chunksize(old_cs)
         keep = np.arange(top_t)[None, :] < lens[:, None]
@@ -447,7 +474,7 @@ def _rows_ray(g: SwingGraph, triggers: np.ndarray, cfg: SwingConfig, workers: in
     cost = g.trigger_cost()[triggers]
     bounds = balanced_ranges(cost, workers * 8)
     cfg_json = cfg.model_dump_json()
-    refs = [task.remote(g_ref, triggers[a:b], cfg_json) for a, b in zip(bounds[:-1], bounds[1:])]
+    refs = [task.remote(g_ref, triggers[a:b], cfg_json) for a, b in itertools.pairwise(bounds)]
     results: dict = {}
     pending = list(refs)
     index = {r: k for k, r in enumerate(refs)}
@@ -518,7 +545,7 @@ def build_swing(events: pa.Table, cfg: SwingConfig, workers: int = 1,
         "top_t": int(cfg.top_t), "alpha": float(cfg.alpha), "behaviors": list(cfg.behaviors),
         "max_items_per_user": int(cfg.max_items_per_user), "max_users_per_item": int(cfg.max_users_per_item),
         "seed": int(cfg.seed), "workers": int(workers),
-        "triggers_with_row": int(len(nz)), "rows_total": int(table.num_rows),
+        "triggers_with_row": len(nz), "rows_total": int(table.num_rows),
         "row_length": {"min": int(nz.min()) if len(nz) else 0, "p50": pct(50), "p90": pct(90), "p99": pct(99),
                        "max": int(nz.max()) if len(nz) else 0, "mean": float(nz.mean()) if len(nz) else 0.0,
                        "rows_at_T": int((nz >= cfg.top_t).sum())},

@@ -73,8 +73,7 @@ class Vocab:
         p = np.minimum(np.searchsorted(values, x), len(values) - 1)
         return np.where(x < 0, PAD, np.where(values[p] == x, p + 2, OOV))
 
-    def encode(self, raw: np.ndarray) -> np.ndarray:
-        """Raw item ids [...] (-1 = pad) → int64 [..., NUM_FIELDS] (id, category, brand, seller indices)."""
+    def _encode_slow(self, raw: np.ndarray) -> np.ndarray:
         raw = np.asarray(raw, np.int64)
         out = np.empty(raw.shape + (NUM_FIELDS,), np.int64)
         out[..., 0] = self._index(self.items, raw)
@@ -83,6 +82,29 @@ class Vocab:
             s = side[..., j]
             idx = self._index(self.side_values[j], s)
             out[..., 1 + j] = np.where(raw < 0, PAD, np.where(s < 0, OOV, idx))
+        return out
+
+    def _table(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every item the vocabulary or the side info knows, sorted, with its encoded row (built once)."""
+        tab = self.__dict__.get("_tab")
+        if tab is None:
+            ids = np.union1d(self.items, self.info.item_ids).astype(np.int64)
+            tab = (ids, self._encode_slow(ids))
+            self.__dict__["_tab"] = tab
+        return tab
+
+    def encode(self, raw: np.ndarray) -> np.ndarray:
+        """Raw item ids [...] (-1 = pad) → int64 [..., NUM_FIELDS] (id, category, brand, seller indices): one
+        binary search into a table encoded once (an item neither clicked nor described is OOV everywhere)."""
+        raw = np.asarray(raw, np.int64)
+        ids, rows = self._table()
+        if len(ids) == 0:
+            return self._encode_slow(raw)
+        p = np.minimum(np.searchsorted(ids, raw), len(ids) - 1)
+        out = rows[p]
+        miss = ids[p] != raw
+        if miss.any():
+            out[miss] = np.where((raw[miss] < 0)[:, None], PAD, OOV)
         return out
 
     def to_table(self) -> pa.Table:
@@ -101,15 +123,24 @@ class Vocab:
 
 
 def to_tensors(feat: Features, vocab: Vocab, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """Encode features into the model's input tensors."""
+    """Encode features into the model's input tensors. Candidates come as ``cand`` [G, C] indices into
+    ``items`` [U, NUM_FIELDS], the batch's distinct candidate items: an item drawn by many samples of a batch is
+    embedded (and projected) once. Trailing columns that are padding in every group are trimmed."""
+    cands = feat.cands
+    valid = cands >= 0
+    cols = np.flatnonzero(valid.any(0))
+    width = int(cols[-1]) + 1 if len(cols) else min(1, cands.shape[1])
+    sl = slice(0, width)
+    uniq, inv = np.unique(cands[:, sl], return_inverse=True)
     t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dt)
     return {
-        "cand": t(vocab.encode(feat.cands), torch.long),
-        "cand_mask": t(feat.cands >= 0, torch.bool),
+        "items": t(vocab.encode(uniq), torch.long),
+        "cand": t(inv.reshape(len(cands), width), torch.long),
+        "cand_mask": t(valid[:, sl], torch.bool),
         "trig": t(vocab.encode(feat.triggers), torch.long),
-        "hit_slot": t(feat.hit_slot, torch.long),
-        "hit_dense": t(feat.hit_dense, torch.float32),
-        "cross": t(feat.cross, torch.float32),
+        "hit_slot": t(feat.hit_slot[:, sl], torch.long),
+        "hit_dense": t(feat.hit_dense[:, sl], torch.float32),
+        "cross": t(feat.cross[:, sl], torch.float32),
         "seq": t(vocab.encode(feat.seq), torch.long),
         "profile": t(feat.profile, torch.float32),
     }
@@ -237,27 +268,111 @@ class PRSModel(nn.Module):
         return pooled + self.hit_proj(x) * (n > 0).to(x.dtype)
 
     def forward(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Logits [G, C]; padded candidates get -inf."""
-        e_trig = self.trigger_feature(b)
-        e_tgt = self.item_emb(b["cand"])
-        e_cross = self.cross_proj(self.cross_norm(b["cross"]))
+        """Logits [G, C]; padded candidates get -inf.
+
+        Eq. 8–11 exactly, computed in an order that does each piece of work once. Linear maps that follow each
+        other are applied as their product (so per candidate only one of them runs): the target embedding,
+        the pooled trigger embedding, the per-hit inputs and the cross MLP's output reach the first layers of
+        the query MLP and of the head only through ``W_first·W``; ``E_item`` of a target is projected once
+        per distinct item of the batch and of a trigger once per group; the query MLP's last layer is merged
+        with the attention's query projection, the attention's output projection with the head's first layer;
+        per-group parts (sequence mean, profile) are projected once per group."""
+        if self.cfg.attention != "target":
+            return self._forward_self_attention(b)
+        D = self.cfg.embed_dim
+        wq, wh = self.query.first.lin.weight, self.head.first.lin.weight  # [Hq, 3D] over (trig, tgt, cross)
+        hq = wq.shape[0]  # [Hh, 6D] over (att, seq_mean, profile, trig, tgt, cross)
+        w_trig = torch.cat([wq[:, :D], wh[:, 3 * D:4 * D]])  # [Hq+Hh, D]: E_trigger's columns of both layers
+        w_tgt = torch.cat([wq[:, D:2 * D], wh[:, 4 * D:5 * D]])
+        w_cross = torch.cat([wq[:, 2 * D:], wh[:, 5 * D:]])
+        cross_out = self.cross_proj[-1]  # E_cross = cross_out(z)
+        z = self.cross_proj[:-1](self.cross_norm(b["cross"]))  # [G, C, D]
+        bias = torch.cat([self.query.first.lin.bias, self.head.first.lin.bias]) + w_cross @ cross_out.bias
+        # target: W·E_item(x) per distinct item, gathered
+        pre = nn.functional.embedding(b["cand"], self.item_emb(b["items"]) @ w_tgt.t())  # [G, C, Hq+Hh]
+        if self.cfg.trigger_feature == "none":
+            pre = torch.addmm(pre.flatten(0, 1), z.flatten(0, 1), (w_cross @ cross_out.weight).t())
+        else:
+            # E_trigger = mean over used hits of E_item(trigger) + W_hit·standardize(x): the mean commutes with
+            # the affine maps, so pool the raw per-hit inputs and A·(W·E_item(triggers)) instead (A [G, C, L])
+            m = self.hit_mask(b).to(b["hit_dense"].dtype)
+            n = m.sum(2, keepdim=True)
+            inv = 1.0 / n.clamp_min(1.0)
+            has = (n > 0).to(m.dtype)
+            x = self.hit_norm((b["hit_dense"] * m.unsqueeze(-1)).sum(2) * inv) * has  # [G, C, 5]
+            dense = torch.cat([x, has, z], -1)
+            w_dense = torch.cat([w_trig @ self.hit_proj.weight, (w_trig @ self.hit_proj.bias).unsqueeze(1),
+                                 w_cross @ cross_out.weight], 1)
+            pre = torch.addmm(pre.flatten(0, 1), dense.flatten(0, 1), w_dense.t())
+            G, C, _ = b["hit_slot"].shape
+            A = torch.zeros(G, C, b["trig"].shape[1], dtype=m.dtype, device=m.device)
+            A.scatter_add_(2, b["hit_slot"].clamp_min(0), m)
+            trig_proj = self.item_emb(b["trig"]) @ w_trig.t()  # [G, L, Hq+Hh]
+            pre = torch.baddbmm(pre.view(G, C, -1), A * inv, trig_proj)
+        pre = (pre.view(*b["cand"].shape, -1) + bias)
+        pre_q, pre_h = pre.split([hq, pre.shape[-1] - hq], -1)  # split: its backward concatenates, no zero fill
+        seq, pad, valid = self._sequence(b)
+        group = self._group_part(seq, valid, b["profile"], wh, D)  # [G, Hh]
+        # Eq. 9–10: the query MLP's last layer merged with the attention's query projection
+        last = self._last_linear(self.query)
+        h = self._before_last(self.query, pre_q)
+        w_in, b_in = self.mha.in_proj_weight, self.mha.in_proj_bias
+        q = h @ (w_in[:D] @ last.weight).t() + (w_in[:D] @ last.bias + b_in[:D])
+        k = seq @ w_in[D:2 * D].t() + b_in[D:2 * D]
+        v = seq @ w_in[2 * D:].t() + b_in[2 * D:]
+        nh = self.mha.num_heads
+        heads = lambda t: t.unflatten(-1, (nh, D // nh)).transpose(1, 2)  # [G, nh, *, D/nh]
+        o = nn.functional.scaled_dot_product_attention(
+            heads(q), heads(k), heads(v), attn_mask=(~pad)[:, None, None, :],
+            dropout_p=self.mha.dropout if self.training else 0.0).transpose(1, 2).flatten(2)  # [G, C, D]
+        # Eq. 11: the attention's output projection merged with the head's first layer
+        w_att = wh[:, :D]
+        out_proj = self.mha.out_proj
+        h = torch.baddbmm(pre_h + (group + w_att @ out_proj.bias).unsqueeze(1), o,
+                          (w_att @ out_proj.weight).t().expand(len(o), D, -1))
+        logit = self.head.rest(h).squeeze(-1)
+        return logit.masked_fill(~b["cand_mask"], float("-inf"))
+
+    @staticmethod
+    def _last_linear(head: MLPHead) -> nn.Linear:
+        return head.rest[-1][-1]
+
+    @staticmethod
+    def _before_last(head: MLPHead, x: torch.Tensor) -> torch.Tensor:
+        """``head.rest`` up to (not including) its last linear layer."""
+        for mod in head.rest[:-1]:
+            x = mod(x)
+        for mod in head.rest[-1][:-1]:
+            x = mod(x)
+        return x
+
+    def _sequence(self, b: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """E_item(seq) + E_pos [G, S, D], the padding mask [G, S] and its float complement [G, S, 1]."""
         S = b["seq"].shape[1]
         seq = self.item_emb(b["seq"]) + self.pos.weight[:S]
-        pad = b["seq"][..., 0] == PAD  # [G, S]
+        pad = b["seq"][..., 0] == PAD
         empty = pad.all(1)
         if empty.any():  # an empty sequence attends to its first (padding) slot instead of giving NaN
             pad = pad.clone()
             pad[empty, 0] = False
-        if self.cfg.attention == "target":
-            q = self.query([e_trig, e_tgt, e_cross])
-            att, _ = self.mha(q, seq, seq, key_padding_mask=pad, need_weights=False)
-        else:  # ablation: self-attention over the sequence, pooled; blind to the candidate
-            sa, _ = self.mha(seq, seq, seq, key_padding_mask=pad, need_weights=False)
-            w = (~pad).unsqueeze(-1).to(sa.dtype)
-            att = ((sa * w).sum(1) / w.sum(1).clamp_min(1.0)).unsqueeze(1)  # [G, 1, D], broadcast
-        valid = (~pad).unsqueeze(-1).to(seq.dtype)
-        seq_mean = ((seq * valid).sum(1) / valid.sum(1).clamp_min(1.0)).unsqueeze(1)  # [G, 1, D]
-        prof = self.profile_proj(b["profile"]).unsqueeze(1)  # [G, 1, D]
+        return seq, pad, (~pad).unsqueeze(-1).to(seq.dtype)
+
+    def _group_part(self, seq, valid, profile, wh, D: int) -> torch.Tensor:
+        """The head's first layer on the per-group parts (sequence mean, profile) plus its bias, [G, Hh]."""
+        seq_mean = (seq * valid).sum(1) / valid.sum(1).clamp_min(1.0)
+        prof = self.profile_proj(profile)
+        return seq_mean @ wh[:, D:2 * D].t() + prof @ wh[:, 2 * D:3 * D].t()
+
+    def _forward_self_attention(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Ablation: self-attention over the sequence, mean-pooled — blind to the candidate."""
+        e_trig = self.trigger_feature(b)
+        e_tgt = nn.functional.embedding(b["cand"], self.item_emb(b["items"]))
+        e_cross = self.cross_proj(self.cross_norm(b["cross"]))
+        seq, pad, valid = self._sequence(b)
+        sa, _ = self.mha(seq, seq, seq, key_padding_mask=pad, need_weights=False)
+        att = ((sa * valid).sum(1) / valid.sum(1).clamp_min(1.0)).unsqueeze(1)  # [G, 1, D], broadcast
+        seq_mean = ((seq * valid).sum(1) / valid.sum(1).clamp_min(1.0)).unsqueeze(1)
+        prof = self.profile_proj(b["profile"]).unsqueeze(1)
         logit = self.head([att, seq_mean, prof, e_trig, e_tgt, e_cross]).squeeze(-1)
         return logit.masked_fill(~b["cand_mask"], float("-inf"))
 

@@ -20,6 +20,8 @@ import functools
 import json
 import os
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -58,14 +60,67 @@ def _features(ss: SampleSet, idx: np.ndarray, cfg: Config):
     return ss.features(idx, cfg.sampling.num_triggers, cfg.sampling.seq_len, cfg.model.max_trigger_hits)
 
 
+def _single_thread_numba() -> None:
+    import numba
+
+    numba.set_num_threads(1)  # per-thread setting: the prefetch thread's kernels run on that thread alone
+
+
+def batches(ss: SampleSet, index_batches: list[np.ndarray], vocab: Vocab, cfg: Config,
+            device: torch.device | str = "cpu") -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """Model inputs of each index batch, built one batch ahead on a background thread: the compiled feature
+    kernels release the GIL, so feature assembly overlaps the forward/backward pass instead of adding to it."""
+    if not index_batches:
+        return
+    make = lambda idx: to_tensors(_features(ss, idx, cfg), vocab, device)
+    with ThreadPoolExecutor(1, thread_name_prefix="pi2i-batches", initializer=_single_thread_numba) as pool:
+        fut = pool.submit(make, index_batches[0])
+        for i, idx in enumerate(index_batches):
+            b = fut.result()
+            if i + 1 < len(index_batches):
+                fut = pool.submit(make, index_batches[i + 1])
+            yield idx, b
+
+
+class ThreadTuner:
+    """Chooses torch's intra-op thread count from measured step times: every ``period`` steps it times
+    ``trial`` steps at each candidate count and keeps the fastest. On a quiet node all of the quota wins; when
+    other processes compete for the cores, fewer threads win (OpenMP barriers wait on preempted threads)."""
+
+    def __init__(self, quota: int, fixed: int = 0, period: int = 100, trial: int = 3):
+        self.options = [fixed] if fixed else sorted({1, quota})
+        self.period, self.trial = period, trial
+        self.step = 0
+        self.times: dict[int, list[float]] = {n: [] for n in self.options}
+        self.current = self.options[-1]
+        torch.set_num_threads(self.current)
+
+    def before(self) -> None:
+        if len(self.options) > 1:
+            phase = self.step % self.period
+            n_trial = self.trial * len(self.options)
+            if phase < n_trial:
+                self.current = self.options[phase // self.trial]
+            elif phase == n_trial:
+                self.current = min(self.options, key=lambda n: float(np.median(self.times[n][-self.trial:])))
+            if torch.get_num_threads() != self.current:
+                torch.set_num_threads(self.current)
+        self._t0 = time.perf_counter()
+
+    def after(self, n_samples: int) -> None:
+        if len(self.options) > 1 and self.step % self.period < self.trial * len(self.options):
+            self.times[self.current].append((time.perf_counter() - self._t0) / max(n_samples, 1))
+        self.step += 1
+
+
 def _evaluate(model: PRSModel, ss: SampleSet, idx: np.ndarray, vocab: Vocab, cfg: Config,
               device: torch.device) -> np.ndarray:
     """Sums over ``idx``: [count, loss, hits@1, hits@10, reciprocal rank]."""
     out = np.zeros(5)
     model.eval()
+    bs = cfg.train.batch_size
     with torch.inference_mode():
-        for s in range(0, len(idx), cfg.train.batch_size):
-            b = to_tensors(_features(ss, idx[s:s + cfg.train.batch_size], cfg), vocab, device)
+        for _, b in batches(ss, [idx[s:s + bs] for s in range(0, len(idx), bs)], vocab, cfg, device):
             logits = model(b)
             lp = -torch.log_softmax(logits, -1)[:, 0]
             r = positive_rank(logits).double()
@@ -95,7 +150,8 @@ def _train_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(tc.seed)
-    set_threads(tc.torch_threads or None)
+    quota = set_threads(tc.torch_threads or None)
+    tuner = ThreadTuner(quota, tc.torch_threads)
     ss = SampleSet(config["samples_uri"])
     vocab = Vocab.from_table(read_parquet(config["vocab_uri"]), ss.info)
     train_idx, val_idx = split_samples(ss, tc.val_fraction, tc.seed)
@@ -122,19 +178,20 @@ def _train_loop(config: dict) -> None:
             n_batches = min(n_batches, tc.max_batches_per_epoch)
         mine = perm[rank::world]
         tot_loss, seen = 0.0, 0
-        for bi in range(n_batches):
-            idx = np.sort(mine[bi * tc.batch_size:(bi + 1) * tc.batch_size])
-            if len(idx) == 0:
-                break
-            b = to_tensors(_features(ss, idx, cfg), vocab, device)
+        idx_batches = [np.sort(mine[bi * tc.batch_size:(bi + 1) * tc.batch_size]) for bi in range(n_batches)]
+        idx_batches = [i for i in idx_batches if len(i)]
+        for bi, (idx, b) in enumerate(batches(ss, idx_batches, vocab, cfg, device)):
+            tuner.before()
             loss = softmax_loss(net(b))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            tuner.after(len(idx))
             tot_loss += loss.item() * len(idx)
             seen += len(idx)
             if rank == 0 and config.get("progress") and (bi + 1) % max(1, n_batches // 5) == 0:
-                print(f"[train] epoch {epoch + 1} batch {bi + 1}/{n_batches} loss {tot_loss / seen:.4f}",
+                print(f"[train] epoch {epoch + 1} batch {bi + 1}/{n_batches} loss {tot_loss / seen:.4f} "
+                      f"({seen / (time.perf_counter() - t0):.0f} samples/s, {torch.get_num_threads()} threads)",
                       flush=True)
         train_s = time.perf_counter() - t0
         ev = _evaluate(model, ss, my_val, vocab, cfg, device)

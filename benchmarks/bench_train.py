@@ -1,0 +1,203 @@
+"""PRS training throughput: samples/s and candidate-scorings/s of the training step (features + forward +
+backward + Adam) for a fixed model and data size, quiet and under a competing CPU load, old vs new trainer
+measured side by side in one run.
+
+* data: the ``demo`` synthetic preset, Swing with the default T, default sampling (1 positive + 20 hard + 80 easy
+  negatives per sample), the default model; built once into ``--data-dir``.
+* "before": the trainer as committed in git (``git archive HEAD pi2i``, or ``--before-rev``) unpacked into a temp
+  dir and run from there; "after": this working tree. Each runs ``--batches`` timed training batches of
+  ``--batch-size`` samples (after one warm-up batch) in a fresh subprocess, with its own loop: the old one builds
+  features inline with torch's default thread count; the new one prefetches batches on a background thread and
+  picks torch's thread count from measured step times within the process's CPU quota.
+* "loaded": the same, while one busy-looping process per core of the quota competes for the CPUs.
+
+    .venv/bin/python benchmarks/bench_train.py --out benchmarks/results/train.json
+
+The result JSON has ``samples_per_s`` (after, quiet) at the top level, and ``runs`` with every measurement; the
+machine's load average before and after is recorded beside them (other work on the machine skews every number).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# --------------------------------------------------------------------------------------------- worker
+def worker(samples: str, batches: int, batch_size: int, variant: str) -> dict:
+    """Time ``batches`` training steps with the trainer importable as ``pi2i`` (old or new)."""
+    import numpy as np
+    import torch
+
+    from pi2i.config import Config
+    from pi2i.prs.model import PRSModel, Vocab, softmax_loss, to_tensors
+    from pi2i.prs.sampling import SampleSet
+
+    cfg = Config()
+    ss = SampleSet(samples)
+    vocab = Vocab.build(np.asarray(ss.clicks.items), ss.info, cfg.model.vocab_min_count)
+    torch.manual_seed(0)
+    model = PRSModel(cfg.model, vocab.sizes, cfg.sampling.seq_len)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    rng = np.random.default_rng(0)
+    idx = [np.sort(rng.choice(len(ss), batch_size, replace=False)) for _ in range(batches + 1)]
+    n_valid = int(sum((np.asarray(ss.cands[i]) >= 0).sum() for i in idx[1:]))
+    feats = lambda i: ss.features(i, cfg.sampling.num_triggers, cfg.sampling.seq_len, cfg.model.max_trigger_hits)
+
+    def step(b):
+        loss = softmax_loss(model(b))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    threads = None
+    try:
+        from pi2i.prs.launch import set_threads
+        from pi2i.prs.train import ThreadTuner
+        from pi2i.prs.train import batches as batch_iter
+        new = True
+    except ImportError:
+        new = False
+    if new:
+        quota = set_threads()
+        tuner = ThreadTuner(quota, period=max(batches, 10), trial=2)
+        t0 = c0 = None
+        used = []
+        for k, (i, b) in enumerate(batch_iter(ss, idx, vocab, cfg)):
+            if k == 1:
+                t0, c0 = time.perf_counter(), time.process_time()
+            tuner.before()
+            step(b)
+            tuner.after(len(i))
+            used.append(torch.get_num_threads())
+        threads = used
+    else:
+        for k, i in enumerate(idx):
+            if k == 1:
+                t0, c0 = time.perf_counter(), time.process_time()
+            step(to_tensors(feats(i), vocab))
+        threads = [torch.get_num_threads()]
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    n = batches * batch_size
+    return {"variant": variant, "samples_per_s": n / wall, "candidate_scorings_per_s": n_valid / wall,
+            "cpu_seconds_per_1k_samples": 1000 * cpu / n, "wall_s": wall, "samples": n,
+            "candidates_per_sample": n_valid / n, "torch_threads": sorted(set(threads)),
+            "threads_last": threads[-1]}
+
+
+# --------------------------------------------------------------------------------------------- driver
+def build_data(data_dir: Path) -> str:
+    sys.path.insert(0, str(REPO))
+    from pi2i.config import Config
+    from pi2i.data.synthetic import generate_preset
+    from pi2i.ibs.swing import run_swing
+    from pi2i.prs.sampling import build_samples
+
+    samples = data_dir / "samples"
+    if (samples / "stats.json").exists():
+        return str(samples)
+    cfg = Config()
+    generate_preset("demo", str(data_dir / "data"), seed=0)
+    run_swing(str(data_dir / "data" / "events.parquet"), str(data_dir / "i2i.parquet"), cfg.swing)
+    build_samples(str(data_dir / "data" / "events.parquet"), str(data_dir / "i2i.parquet"), str(samples), cfg)
+    return str(samples)
+
+
+def export_before(rev: str, dest: Path) -> bool:
+    """The committed trainer (``git archive <rev> pi2i``) unpacked into ``dest`` (read-only use of git)."""
+    try:
+        arc = subprocess.run(["git", "-C", str(REPO), "archive", rev, "pi2i"], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=arc.stdout, check=True)
+        return True
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return False
+
+
+def run_variant(variant: str, pythonpath: str, samples: str, a: argparse.Namespace) -> dict:
+    env = {**os.environ, "PYTHONPATH": pythonpath, "RAY_USAGE_STATS_ENABLED": "0"}
+    cmd = [sys.executable, __file__, "--worker", variant, "--samples", samples, "--batches", str(a.batches),
+           "--batch-size", str(a.batch_size)]
+    out = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())
+    if out.returncode != 0:
+        return {"variant": variant, "error": out.stderr.strip().splitlines()[-1:]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def with_load(n: int):
+    """Start ``n`` busy-looping processes (one per core of the quota); returns them for stopping."""
+    return [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(n)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=None, help="write the JSON result here")
+    ap.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "pi2i-train-bench"))
+    ap.add_argument("--batches", type=int, default=20)
+    ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--before-rev", default="HEAD", help="git revision of the 'before' trainer")
+    ap.add_argument("--no-before", action="store_true")
+    ap.add_argument("--no-load", action="store_true")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--samples", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker:
+        print(json.dumps(worker(a.samples, a.batches, a.batch_size, a.worker)))
+        return
+
+    sys.path.insert(0, str(REPO))
+    from pi2i.prs.launch import cpu_quota
+
+    samples = build_data(Path(a.data_dir))
+    quota = cpu_quota()
+    variants = [("after", str(REPO))]
+    tmp = tempfile.TemporaryDirectory(prefix="pi2i-before-")
+    if not a.no_before and export_before(a.before_rev, Path(tmp.name)):
+        variants.insert(0, ("before", tmp.name))
+    load0 = os.getloadavg()
+    runs: list[dict] = []
+    for cond in ("quiet",) + (() if a.no_load else ("loaded",)):
+        procs = with_load(quota) if cond == "loaded" else []
+        try:
+            for name, path in variants:
+                r = run_variant(name, path, samples, a)
+                r["condition"] = cond
+                r["loadavg_1m"] = os.getloadavg()[0]
+                runs.append(r)
+                print(json.dumps(r), flush=True)
+        finally:
+            for p in procs:
+                p.kill()
+                p.wait()
+    get = lambda v, c: next((r for r in runs if r["variant"] == v and r["condition"] == c and "error" not in r), {})
+    aq, al, bq, bl = get("after", "quiet"), get("after", "loaded"), get("before", "quiet"), get("before", "loaded")
+    ratio = lambda x, y: round(x / y, 2) if x and y else None
+    res = {
+        "samples_per_s": aq.get("samples_per_s"),
+        "candidate_scorings_per_s": aq.get("candidate_scorings_per_s"),
+        "samples_per_s_loaded": al.get("samples_per_s"),
+        "before_samples_per_s": bq.get("samples_per_s"), "before_samples_per_s_loaded": bl.get("samples_per_s"),
+        "speedup_quiet": ratio(aq.get("samples_per_s"), bq.get("samples_per_s")),
+        "speedup_loaded": ratio(al.get("samples_per_s"), bl.get("samples_per_s")),
+        "slowdown_under_load_after": ratio(aq.get("samples_per_s"), al.get("samples_per_s")),
+        "slowdown_under_load_before": ratio(bq.get("samples_per_s"), bl.get("samples_per_s")),
+        "runs": runs, "cpu_quota": quota, "competing_processes": quota, "before_rev": a.before_rev,
+        "batches": a.batches, "batch_size": a.batch_size, "samples_dir": samples,
+        "loadavg_before": load0, "loadavg_after": os.getloadavg(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                          time.gmtime()),
+    }
+    print(json.dumps({k: v for k, v in res.items() if k != "runs"}, indent=2))
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.out).write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
