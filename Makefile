@@ -37,8 +37,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_swing.py
 
 lint: install
-	$(BIN)/ruff check .
-	$(BIN)/mypy
+	@status=0; $(BIN)/ruff check . || status=1; $(BIN)/mypy || status=1; exit $$status
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

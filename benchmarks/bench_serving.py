@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 PI2I = str(Path(sys.executable).parent / "pi2i")
+TOKEN = "bench-admin-token"  # the server's PI2I_ADMIN_TOKEN (admin and write endpoints need it)
 
 
 # --------------------------------------------------------------------------------------------- client
@@ -47,7 +48,7 @@ class Conn:
         data = json.dumps(body).encode()
         assert self.w is not None and self.r is not None
         self.w.write(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                     f"Content-Length: {len(data)}\r\n\r\n".encode() + data)
+                     f"Authorization: Bearer {TOKEN}\r\nContent-Length: {len(data)}\r\n\r\n".encode() + data)
         head = await self.r.readuntil(b"\r\n\r\n")
         status = int(head.split(b" ", 2)[1])
         n = 0
@@ -59,7 +60,7 @@ class Conn:
 
     async def get(self, path: str) -> dict:
         assert self.w is not None and self.r is not None
-        self.w.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+        self.w.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n\r\n".encode())
         head = await self.r.readuntil(b"\r\n\r\n")
         n = next(int(x.split(b":")[1]) for x in head.split(b"\r\n") if x.lower().startswith(b"content-length:"))
         return json.loads(await self.r.readexactly(n))
@@ -216,13 +217,13 @@ def build_registry(root: Path) -> tuple[str, dict]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pi2i.publish import registry as reg
     from pi2i.config import load_config
     from pi2i.contracts import I2I_SCHEMA, read_events, write_parquet
-    from pi2i.prs.sampling import build_samples
-    from pi2i.ibs.swing import build_swing
     from pi2i.data.synthetic import generate_preset
+    from pi2i.ibs.swing import build_swing
+    from pi2i.prs.sampling import build_samples
     from pi2i.prs.train import train
+    from pi2i.publish import registry as reg
 
     data = root / "data"
     generate_preset("tiny", str(data), seed=0)
@@ -263,7 +264,8 @@ def start_server(registry: str, root: Path) -> tuple[subprocess.Popen, int]:
     cfg.write_text("serving:\n  poll_s: 0\n  max_k: 500\n  cache_k: 100\n")
     log = open(root / "server.log", "wb")  # noqa: SIM115 - held for the server's lifetime
     proc = subprocess.Popen([PI2I, "serve", "--registry", registry, "--port", str(port), "--config", str(cfg)],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "PI2I_ADMIN_TOKEN": TOKEN})
     import httpx
 
     end = time.monotonic() + 120
@@ -323,12 +325,14 @@ def main() -> None:
         res["click_to_fresh"] = asyncio.run(click_to_fresh(port, int(info["items"][0]), 20, 50_000_000))
         # miss path on the wide table (hot-swapped in)
         reg.promote(registry, info["wide"])
-        r = httpx.post(f"http://127.0.0.1:{port}/admin/reload", timeout=120).json()
+        r = httpx.post(f"http://127.0.0.1:{port}/admin/reload", timeout=120,
+                       headers={"authorization": f"Bearer {TOKEN}"}).json()
         assert r["status"] == "swapped", r
         items = info["items"]
         res["miss_1k"] = asyncio.run(miss_path(port, items[:1], args.miss_users, 60_000_000))
         res["miss_10k"] = asyncio.run(miss_path(port, items[:10], args.miss_users, 61_000_000))
-        res["server_load_s"] = httpx.get(f"http://127.0.0.1:{port}/version").json()["load_s"]
+        res["server_load_s"] = httpx.get(f"http://127.0.0.1:{port}/version",
+                                         headers={"authorization": f"Bearer {TOKEN}"}).json()["load_s"]
     finally:
         stop_server(proc)
         if not args.keep:

@@ -81,6 +81,14 @@ def run_ray_step(step: str, compute: str, local: Callable[[], Any], entrypoint: 
         return local()
     if compute != "rayjob":
         raise ValueError(f"compute must be 'local' or 'rayjob', got {compute!r}")
+    def is_local(arg: str) -> bool:
+        return arg.startswith(("/", "file://"))
+
+    local_paths = [a for a in [out_uri, *entrypoint] if is_local(a)] + ([out_uri] if "://" not in out_uri and
+                                                                        not is_local(out_uri) else [])
+    if local_paths:  # a RayJob's pods cannot see this task's disk
+        raise ValueError(f"{step}: compute='rayjob' needs object-store URIs (s3://, gs://) for its inputs and "
+                         f"staging_uri; got local path(s) {local_paths}")
     from components.image import PINNED_IMAGE
     from pi2i.cluster import rayjob
 

@@ -86,33 +86,22 @@ def test_ray_steps_reject_unknown_compute(tmp_path, tiny_data):
                                        i2i=art(dsl.Dataset, tmp_path / "i2i"))
 
 
-def test_rayjob_mode_builds_the_job_and_copies_its_output(tmp_path):
-    """compute='rayjob': the step's CLI entrypoint becomes a RayJob writing to the staging URI, then the output
-    is copied into the KFP artifact dir. The cluster is stood in for by a runner that writes what the job
-    would (no Kubernetes API server here); the staging 'object store' is a local directory."""
-    import yaml
-
+def test_rayjob_mode_refuses_local_paths(tmp_path):
+    """compute='rayjob': the step's pods cannot see this task's disk, so a local staging dir or a local input
+    is refused before any RayJob exists. (The RayJob path itself runs for real on a two-node Ray cluster with
+    an S3 endpoint: tests/cluster/test_cluster_ray.py::test_swing_step_as_a_rayjob_entrypoint_on_the_cluster.)"""
     from components._common import run_ray_step
 
-    staging = tmp_path / "staging" / "run-1" / "swing"
-    seen = {}
+    def no_cluster(manifest):
+        pytest.fail("no RayJob may be created")
 
-    def fake_cluster(manifest):
-        seen["manifest"] = manifest
-        (staging / "i2i_table.parquet").write_bytes(b"PAR1")
-        return {"jobStatus": "SUCCEEDED", "jobDeploymentStatus": "Complete"}
-
-    out = run_ray_step("swing", "rayjob", lambda: pytest.fail("must not run locally"),
-                       ["pi2i", "swing", "--out", str(staging / "i2i_table.parquet"), "--config", "{config}"],
-                       str(staging), str(tmp_path / "artifact"), "pi2i", "run-1",
-                       config={"swing": {"top_t": 7}}, runner=fake_cluster)
-    assert out["jobStatus"] == "SUCCEEDED"
-    m = seen["manifest"]
-    assert m["kind"] == "RayJob" and m["metadata"]["name"] == "pi2i-swing-run-1"
-    assert m["metadata"]["labels"]["pi2i.io/step"] == "swing"
-    assert m["spec"]["entrypoint"].endswith(f"--config {staging / 'config.yaml'}")
-    assert yaml.safe_load((staging / "config.yaml").read_text()) == {"swing": {"top_t": 7}}
-    assert (tmp_path / "artifact" / "i2i_table.parquet").read_bytes() == b"PAR1"
+    for staging, events in ((str(tmp_path / "staging"), "s3://b/train/events.parquet"),
+                            ("s3://b/staging", str(tmp_path / "events.parquet")),
+                            ("file:///tmp/staging", "s3://b/train/events.parquet")):
+        with pytest.raises(ValueError, match="needs object-store URIs"):
+            run_ray_step("swing", "rayjob", lambda: pytest.fail("must not run locally"),
+                         ["pi2i", "swing", "--events", events, "--out", f"{staging}/i2i_table.parquet"],
+                         staging, str(tmp_path / "artifact"), "pi2i", "run-1", runner=no_cluster)
 
 
 def test_flat_metrics_for_log_metric():

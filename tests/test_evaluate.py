@@ -374,3 +374,47 @@ def test_evaluate_taobao_head_runs(tmp_path):
     m = evaluate(p["train"], p["test"], p["i2i"], p["model"], str(tmp_path / "report"), cfg)
     assert m["data"]["test_users"] > 0 and "pi2i" in m["methods"]
     assert (tmp_path / "report" / "report.html").exists()
+
+
+def test_pi2i_explanations_and_save_round_trip(tiny, tmp_path):
+    """pi2i's why: the triggers whose Swing row holds the item, by Swing score; a saved copy loads the same."""
+    from pi2i.methods import load_method
+
+    i2i = I2IIndex.load(tiny["i2i"])
+    r = load_method(tiny["model"], TrainInputs(i2i=i2i), Config(), expect="pi2i")
+    batch = Histories.from_lists([(np.array([1, 2, 3, 5, 8]), np.arange(5) * 10**6),
+                                  (np.array([40, 41]), np.arange(2) * 10**6)])
+    rec = r.recommend(batch, 20, explain=True)
+    for u in range(2):
+        hist = set(batch.row(u)[0].tolist())
+        for item, why in zip(rec.items[u][rec.items[u] != PAD].tolist(), rec.why[u]):
+            assert why and item not in hist
+            assert [s for _, s in why] == sorted((s for _, s in why), reverse=True)
+            for t, s in why:
+                targets, scores, _ = i2i.row(t)
+                assert t in hist and s == pytest.approx(float(scores[targets == item][0]))
+    r.save(str(tmp_path / "copy"))
+    assert read_manifest(str(tmp_path / "copy"), "pi2i")["format_version"] == base.FORMAT_VERSION
+    again = load_method(str(tmp_path / "copy"), TrainInputs(i2i=i2i), Config())
+    assert again.recommend(batch, 20).items.tolist() == rec.items.tolist()
+
+
+def test_recency_segments_equal_brute_force():
+    from collections import Counter
+
+    from pi2i.evaluation.evaluate import recency_segments
+
+    rng = np.random.default_rng(7)
+    (hp, hi), hists = random_csr(rng, 60, 40, 12)
+    ids = np.arange(35)  # items 35..39 have no category
+    cats = rng.integers(0, 4, len(ids))
+    got = recency_segments(Histories(np.arange(60), hp, hi, np.zeros(len(hi), np.int64)), (ids, cats), 5)
+    for u, h in enumerate(hists):
+        window = [int(x) for x in h[-5:]]
+        known = [int(cats[x]) for x in window if x < 35]
+        if not window or window[-1] >= 35:
+            assert got[u] == -1
+            continue
+        counts = Counter(known)
+        assert got[u] == int(counts[int(cats[window[-1]])] == max(counts.values()))
+    assert recency_segments(Histories(np.arange(60), hp, hi, hi), None, 5) is None

@@ -62,6 +62,7 @@ def test_gate_paired_difference_from_per_user_hr():
     assert g["live_diff"]["se"] == pytest.approx(d.std(ddof=1) / 20)
     assert g["live_diff"]["ci95_low"] < d.mean() < g["live_diff"]["ci95_high"]
     assert g["vs_swing"]["mean"] == pytest.approx(cand_u.mean() - 0.1) and g["passed"]
+    assert set(g["vs"]) == {"swing"} and g["vs"]["swing"] == g["vs_swing"]
 
 
 def test_paired_difference_of_identical_lists_is_zero():

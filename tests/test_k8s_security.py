@@ -191,6 +191,10 @@ def test_network_flows_the_system_needs_and_no_more(objs):
     assert not allowed(objs, head, serving, serving_port) and not allowed(objs, worker, redis, 6379)
     # the pipeline reaches the Kubernetes API and the KFP control plane
     assert allowed(objs, step, "10.96.0.1", 443) and allowed(objs, step, ("kubeflow", {"app": "ml-pipeline"}), 8887)
+    # KFP's per-profile services serve the KFP UI and read the artifact store; nothing else reaches them
+    ui_artifact: Pod = (ns, {"app": "ml-pipeline-ui-artifact"})
+    assert allowed(objs, ("kubeflow", {"app": "ml-pipeline-ui"}), ui_artifact, 3000)
+    assert allowed(objs, ui_artifact, "52.216.0.1", 443) and not allowed(objs, stranger, ui_artifact, 3000)
     # DNS for everyone
     for pod in (serving, redis, head, worker, step, submitter, stranger):
         assert allowed(objs, pod, dns, 53, "UDP") and allowed(objs, pod, dns, 53, "TCP")

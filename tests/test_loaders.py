@@ -11,6 +11,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from pi2i.config import Config
 from pi2i.contracts import EVENTS_SCHEMA, ContractError, read_events
@@ -338,6 +340,7 @@ def test_cli_load_contract_and_one_line_errors(tmp_path):
     r = subprocess.run([str(PI2I), "data", "load", "--format", "taobao", "--input", _write(tmp_path, "e.csv", ""),
                         "--out", str(tmp_path / "e")], capture_output=True, text=True, timeout=120, check=False)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "empty" in r.stderr
+    assert not (tmp_path / "e").exists() and not list(tmp_path.glob(".e.staging-*"))
 
 
 def test_movielens_side_files_give_genres_and_profiles(tmp_path):
@@ -367,3 +370,29 @@ def test_cli_loads_real_movielens_1m_ratings_dat(tmp_path):
     ev = read_events(str(tmp_path / "d" / "events.parquet"))
     assert ev.num_rows == 100_000 and set(ev.column("behavior").to_pylist()) == {"click"}
     assert s["ts_min"].startswith("2000-") and s["users"] == 5958
+
+
+_FIELDS = st.sampled_from(["1", "42", "9223372036854775807", "9223372036854775808", "-3", "x", "", " 7 ", "1.5",
+                           "pv", "buy", "teleport", "1511544070", "4102444800", "99", "caf\u00e9", '"5"'])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(st.lists(_FIELDS, min_size=0, max_size=7).map(",".join), min_size=1, max_size=30),
+       final_newline=st.booleans(), chunk_rows=st.sampled_from([1_000, 500_000]))
+def test_every_line_is_kept_or_quarantined(tmp_path, rows, final_newline, chunk_rows):
+    """Any text: the load either fails as a whole with a one-line ContractError, or accounts for every line
+    (rows_in = kept + quarantined, one quarantine row per reason count) and leaves no staging dir."""
+    cfg = Config()
+    cfg.data.chunk_rows = chunk_rows
+    src = tmp_path / "in.csv"
+    src.write_text("\n".join(rows) + ("\n" if final_newline else ""), encoding="utf-8")
+    out = tmp_path / f"d{len(list(tmp_path.iterdir()))}"
+    try:
+        s = load("taobao", str(src), str(out), cfg=cfg, now_us=1_600_000_000_000_000)
+    except ContractError as e:
+        assert "\n" not in str(e) and not out.exists()
+    else:
+        _check_accounting(s)
+        assert len(_quarantine(out)) == s["rows_quarantined"]
+        assert read_events(str(out / "events.parquet")).num_rows == s["rows_kept"] > 0
+    assert not list(tmp_path.glob(".*staging*"))

@@ -199,3 +199,84 @@ def test_local_run_failure_is_recorded(tmp_path):
                   feature_repo="")
     (record,) = [json.loads(p.read_text()) for p in (reg / "runs").glob("2026-11-24-*.json")]
     assert record["state"] == "FAILED"
+
+
+# ------------------------------------------------------------------------------ DAG shape from `pipeline.*`
+def _compile_for(tmp_path, config: dict) -> dict:
+    out = tmp_path / "p.yaml"
+    daily.compile_pipeline(out, config)
+    return _load(out)
+
+
+def test_default_pipeline_has_no_augment_step(compiled):
+    assert "comp-augment" not in compiled["components"]
+    assert daily.pipeline_for({}) is daily.pi2i_daily
+
+
+def test_augment_step_feeds_swing_only(tmp_path):
+    """`pipeline.augment: true`: split -> augment -> swing; samples and evaluate keep the real train split."""
+    ir = _compile_for(tmp_path, {"pipeline": {"augment": True}})
+    body = ir["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    order = {name: set(t.get("dependentTasks", [])) for name, t in body.items()}
+    assert order["augment"] == {"split"} and order["swing"] == {"augment"}
+    assert order["samples"] == {"split", "swing"} and order["evaluate"] == {"split", "swing", "train"}
+    swing_in = body["swing"]["inputs"]["artifacts"]["train"]["taskOutputArtifact"]
+    assert swing_in == {"outputArtifactKey": "augmented", "producerTask": "augment"}
+    for task in ("samples", "evaluate"):
+        assert body[task]["inputs"]["artifacts"]["train"]["taskOutputArtifact"]["producerTask"] == "split"
+    acc = ir["deploymentSpec"]["executors"]["exec-augment"]["container"]["resources"]["accelerator"]
+    assert "train_gpus" in acc["resourceCount"]
+
+
+def test_methods_list_needs_the_multi_method_components(tmp_path):
+    """`pipeline.methods` beyond ["pi2i"]: one train task per method in a ParallelFor, evaluated together —
+    or, while the train/evaluate components lack `method`/`models`, a compile-time error naming them."""
+    from components.evaluate.component import evaluate
+    from components.train.component import train
+
+    config = {"pipeline": {"methods": ["pi2i", "pdn"]}}
+    if "method" in train.component_spec.inputs and "models" in evaluate.component_spec.inputs:
+        ir = _compile_for(tmp_path, config)
+        assert any("for-loop" in name for name in ir["components"])
+    else:
+        with pytest.raises(ValueError, match="needs component input"):
+            _compile_for(tmp_path, config)
+    with pytest.raises(Exception, match="pipeline.methods"):
+        daily.pipeline_for({"pipeline": {"methods": ["nope"]}})
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_have_core() is not None, reason=str(_have_core()))
+def test_local_run_with_augment(tmp_path):
+    """kfp.local run of the `pipeline.augment: true` DAG on the tiny preset: the augment component writes real +
+    synthetic rows and Swing indexes them (the synthetic edges are in its graph)."""
+    import os
+    import warnings
+
+    from kfp import local
+
+    from pi2i.data.synthetic import generate_preset
+    from pipelines.run_local import CONFIG_PRESETS
+
+    generate_preset("tiny", str(tmp_path / "data"), seed=0)
+    config = {**CONFIG_PRESETS["tiny"], "pipeline": {"augment": True},
+              "augment": {"epochs": 1, "disc_epochs": 1, "n_embd": 16, "n_layer": 1, "n_head": 1,
+                          "candidates_per_user": 4, "disc_positions": 2}}
+    root = tmp_path / "root"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+               workspace_root=str(tmp_path / "ws"), raise_on_error=True)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        daily.pipeline_for(config)(run_date="2026-11-25", data_uri=str(tmp_path / "data"),
+                                   registry_uri=str(tmp_path / "reg"), config=config, feature_repo="")
+    (run,) = list(root.glob("pi2i-daily-*"))
+    summary = json.loads((run / "augment" / "augmented" / "summary.json").read_text())
+    assert summary["kept"] > 0 and summary["proposed"] >= summary["kept"]
+    import pyarrow.parquet as pq
+
+    ev = pq.read_table(run / "augment" / "augmented" / "events.parquet")
+    assert ev.num_rows == summary["real_rows"] + summary["kept"]
+    stats = json.loads(next((run / "swing" / "i2i").glob("*.stats.json")).read_text())
+    assert stats["events_used"] == summary["real_rows"] + summary["kept"]  # Swing counted the synthetic rows
+    assert (run / "evaluate" / "report" / "metrics.json").exists()

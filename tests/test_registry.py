@@ -444,8 +444,6 @@ def test_manifest_records_method_config_and_code_version(tmp_path: Path, art) ->
 
 
 def test_abandoned_leases_are_broken_and_live_ones_waited_for(tmp_path: Path, art, monkeypatch) -> None:
-    import socket
-
     r = str(tmp_path / "registry")
     a = reg.publish(r, *art)
     lock = Path(r) / reg.LOCK_FILE
@@ -453,7 +451,7 @@ def test_abandoned_leases_are_broken_and_live_ones_waited_for(tmp_path: Path, ar
                           text=True, check=True)
     lease = lambda host, pid, ttl: lock.write_text(json.dumps(
         {"owner": f"{host}:{pid}:x", "host": host, "pid": pid, "op": "promote", "expires": time.time() + ttl}))
-    lease(socket.gethostname(), int(dead.stdout), 3600)  # its writer was kill -9'ed: broken at once
+    lease(reg._host_id(), int(dead.stdout), 3600)  # its writer was kill -9'ed: broken at once
     t0 = time.monotonic()
     reg.promote(r, a, check=False)
     assert time.monotonic() - t0 < 5 and not lock.exists()
@@ -464,7 +462,7 @@ def test_abandoned_leases_are_broken_and_live_ones_waited_for(tmp_path: Path, ar
     lock.write_text("{torn")  # unreadable: expires at its mtime + TTL
     os.utime(lock, (time.time() - reg.LEASE_TTL_S - 1,) * 2)
     reg.promote(r, a, check=False)
-    lease(socket.gethostname(), os.getpid(), 3600)  # alive and busy: a one-line error after the wait
+    lease(reg._host_id(), os.getpid(), 3600)  # alive and busy: a one-line error after the wait
     monkeypatch.setattr(reg, "LEASE_WAIT_S", 0.3)
     with pytest.raises(reg.RegistryError, match=r"is busy: .*\.lock held by"):
         reg.promote(r, a, check=False)

@@ -105,3 +105,54 @@ def test_cli_split_contract(tiny, tmp_path):
     assert (tmp_path / "s" / "train" / "events.parquet").exists()
     assert (tmp_path / "s" / "test" / "events.parquet").exists()
     assert json.loads(r.stdout)["rule"] == {"test_days": 2.0}
+
+
+def test_per_user_split_matches_a_brute_force_reference(tiny, tmp_path):
+    s = split(str(tiny), str(tmp_path), per_user_fraction=0.1)
+    full, train, test = _ev(tiny), _ev(tmp_path / "train"), _ev(tmp_path / "test")
+    full = full.reset_index().sort_values(["user_id", "ts", "index"], kind="stable")
+    want_train, want_test = [], set()
+    for _, g in full.groupby("user_id", sort=True):
+        n = len(g)
+        k = max(1, int(np.floor(0.1 * n))) if n >= 3 else 0
+        want_train.append(g.iloc[:n - k])
+        tail = g.iloc[n - k:]
+        want_test |= set(map(tuple, tail[tail.behavior == "click"][["user_id", "item_id"]].values.tolist()))
+    want_train = pd.concat(want_train)
+    assert len(train) == len(want_train) and len(train) + s["test"]["events_in_test_part"] == len(full)
+    assert set(map(tuple, test[["user_id", "item_id"]].values.tolist())) == want_test
+    assert len(test) == len(want_test) and (test.behavior == "click").all()
+    # every test click comes after the same user's last training event
+    last_train = train.groupby("user_id").ts.max()
+    assert (test.ts.values >= last_train.reindex(test.user_id).values).all()
+    assert s["rule"] == {"per_user_fraction": 0.1, "min_events": 3} and s["cut"] is None
+    with pytest.raises(ValueError, match="either a per-user fraction"):
+        split(str(tiny), str(tmp_path / "x"), per_user_fraction=0.1, test_days=1)
+    with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+        split(str(tiny), str(tmp_path / "x"), per_user_fraction=1.5)
+
+
+def test_implausibly_small_test_side_is_refused_with_its_cause(tiny, tmp_path):
+    ev = read_events(str(tiny / "events.parquet"))
+    future = pa.table({"user_id": [ev.column("user_id")[0].as_py()], "item_id": [ev.column("item_id")[0].as_py()],
+                       "behavior": ["click"],
+                       "ts": pa.array([pd.Timestamp("2093-01-01", tz="UTC")]).cast(pa.timestamp("us", tz="UTC"))},
+                      schema=EVENTS_SCHEMA)
+    write_parquet(pa.concat_tables([ev, future]), str(tmp_path / "d" / "events.parquet"))
+    with pytest.raises(ContractError, match=r"only 1 test clicks.*2093-01-01.*future timestamp"):
+        split(str(tmp_path / "d"), str(tmp_path / "s"), test_days=1)
+    s = split(str(tmp_path / "d"), str(tmp_path / "s"), test_days=1, allow_small_test=True)
+    assert s["test"]["pairs"] == 1
+
+
+def test_cli_per_user_split_contract(tmp_path):
+    day = 86_400 * 1_000_000
+    users = [1] * 20 + [2] * 3 + [3] * 2
+    t = pa.table({"user_id": users, "item_id": list(range(100, 125)), "behavior": ["click"] * 25,
+                  "ts": pa.array(np.arange(25) * day).cast(pa.timestamp("us", tz="UTC"))}, schema=EVENTS_SCHEMA)
+    write_parquet(t, str(tmp_path / "d" / "events.parquet"))
+    r = subprocess.run([str(PI2I), "data", "split", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "s"),
+                        "--per-user-fraction", "0.1"], capture_output=True, text=True, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr
+    test = _ev(tmp_path / "s" / "test")
+    assert test[["user_id", "item_id"]].values.tolist() == [[1, 118], [1, 119], [2, 122]]  # 10% of 20; >= 1; < 3

@@ -197,3 +197,13 @@ def test_guide_table_lookup_equals_searchsorted():
         cdf = _Cdf(w)
         x = rng.random(50_000) * cdf.total
         assert (cdf.lookup(x) == np.searchsorted(cdf.cum, x, side="right")).all()
+
+
+def test_failed_generate_leaves_no_partial_dir(tmp_path):
+    """Like a load, a generation that fails part-way leaves nothing behind (no events.parquet.tmp)."""
+    def crash(done: int, total: int) -> None:
+        raise RuntimeError("interrupted")
+
+    with pytest.raises(RuntimeError, match="interrupted"):
+        generate(str(tmp_path / "d"), users=50, items=40, events=600, seed=0, progress=crash)
+    assert list(tmp_path.iterdir()) == []

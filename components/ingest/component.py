@@ -17,12 +17,14 @@ def ingest(run_date: str, data_uri: str, feature_repo: str, feature_store_yaml: 
     import pyarrow.parquet as pq
 
     from components._common import DATA_FILES, copy_tree, flat_metrics
+    from pi2i.contracts import join, open_input
 
     copied = copy_tree(data_uri, data.path, DATA_FILES)
     if "events.parquet" not in copied:
         raise FileNotFoundError(f"{data_uri} holds no events.parquet (a pi2i data dir is expected)")
     data.metadata.update({"run_date": run_date, "source": data_uri, "files": copied})
-    stats.log_metric("events", float(pq.ParquetFile(f"{data.path}/events.parquet").metadata.num_rows))
+    with open_input(join(data.path, "events.parquet")) as f:
+        stats.log_metric("events", float(pq.ParquetFile(f).metadata.num_rows))
     if feature_repo:
         from pi2i.data.features import ingest as feast_ingest
 

@@ -53,8 +53,6 @@ def training_windows(seqs: Sequences, rows: np.ndarray, vocab: ItemVocab, tail_t
         seq = seq[seq >= 0]
         for end in range(len(seq), 1, -cfg.max_len):  # windows of >= 2 items: at least one next-item target
             w = seq[max(0, end - cfg.max_len):end]
-            if len(w) < 2 and end != len(seq):
-                break
             t = np.concatenate([[vocab.bos], w]).astype(np.int32)
             weight = np.where(is_tail[t[1:]], cfg.alpha, cfg.beta).astype(np.float32)  # Eq. 2
             toks.append(t)
@@ -139,7 +137,8 @@ def build_generator(vocab: ItemVocab, cfg: AugmentConfig, init_dir: str | None =
         model = AutoModelForCausalLM.from_pretrained(local_dir(init_dir))
     except (OSError, ValueError) as e:
         raise GeneratorError(f"generator checkpoint {init_dir} is not a causal language model: {e}") from None
-    if model.get_input_embeddings().num_embeddings < vocab.size:
+    table: Any = model.get_input_embeddings().weight
+    if table.shape[0] < vocab.size:  # grow the embedding table by the item tokens
         model.resize_token_embeddings(vocab.size)
     model.config.pad_token_id = vocab.pad
     return model
@@ -303,7 +302,7 @@ def generate(model, vocab: ItemVocab, seqs: Sequences, rows: np.ndarray, cfg: Au
                 alive = torch.isfinite(scores).any(-1)
                 scores[~alive, vocab.pad] = 0.0  # nothing left to sample for this row: pick pad, drop it
                 probs = torch.softmax(scores, -1)
-                warped = warp(hist, scores.clone())
+                warped = warp(hist, scores.clone())  # type: ignore[arg-type]
                 nxt = torch.multinomial(torch.softmax(warped, -1), 1, generator=gen)
                 p = probs.gather(1, nxt).squeeze(1)
                 tok = torch.where(alive, nxt.squeeze(1), torch.full_like(nxt.squeeze(1), -1))

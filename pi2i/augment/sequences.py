@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pi2i.contracts import join, read_json, read_parquet, write_json, write_parquet
+from pi2i.data.events import recent_histories
 
 N_SPECIAL = 3  # pad, bos, sep (relative to the block's offset)
 VOCAB_FILE = "item_vocab.parquet"
@@ -44,20 +44,10 @@ class Sequences:
 
 def user_sequences(events: pa.Table, behaviors: list[str], dedup_consecutive: bool = True) -> Sequences:
     """Events of ``behaviors`` -> each user's items in time order (back-to-back repeats collapsed when asked)."""
-    ev = events.filter(pc.is_in(events.column("behavior"), pa.array(list(behaviors), pa.string())))
-    u = ev.column("user_id").to_numpy().astype(np.int64)
-    it = ev.column("item_id").to_numpy().astype(np.int64)
-    ts = pc.cast(ev.column("ts"), pa.int64()).to_numpy() if ev.num_rows else np.zeros(0, np.int64)
-    order = np.lexsort((ts, u))
-    u, it, ts = u[order], it[order], ts[order]
-    if dedup_consecutive and len(u):
-        keep = np.ones(len(u), bool)
-        keep[1:] = (u[1:] != u[:-1]) | (it[1:] != it[:-1])
-        u, it, ts = u[keep], it[keep], ts[keep]
-    users, starts = np.unique(u, return_index=True)
-    indptr = np.append(starts, len(u)).astype(np.int64)
+    users, indptr, items, ts = recent_histories(events, None, behaviors, dedup_consecutive)
     last_ts = ts[indptr[1:] - 1] if len(users) else np.zeros(0, np.int64)
-    return Sequences(users, indptr, it, last_ts)
+    return Sequences(users.astype(np.int64), indptr.astype(np.int64), items.astype(np.int64),
+                     last_ts.astype(np.int64))
 
 
 def long_tail(item_ids: np.ndarray, counts: np.ndarray, fraction: float) -> tuple[np.ndarray, int]:

@@ -124,16 +124,26 @@ def register(app: typer.Typer) -> None:
         cut: str | None = typer.Option(None, "--cut", help="cut time, ISO 8601 (UTC if no offset)"),
         fraction: float | None = typer.Option(None, "--fraction", help="the last fraction of events by "
                                                                            "time is the test period"),
+        per_user_fraction: float | None = typer.Option(
+            None, "--per-user-fraction", help="per-user split: each user's last fraction of events (at least "
+                                              "one; users with >= --min-events events) is the test part"),
+        min_events: int = typer.Option(3, "--min-events", help="per-user split: users with fewer events stay "
+                                                               "in train only"),
+        allow_small_test: bool = typer.Option(False, "--allow-small-test", help="keep a test side smaller "
+                                                                                "than 0.1% of the events"),
         config: str | None = typer.Option(None, "--config", help="YAML config (data.test_days)"),
     ) -> None:
-        """Temporal split: train = events before the cut; test = per user, distinct items clicked after it."""
+        """Split: temporal (train = events before the cut; test = per user, distinct items clicked after it) or
+        per user (--per-user-fraction: each user's last events are the test part)."""
         from pi2i.config import load_config
         from pi2i.data.split import split
 
         cfg = load_config(config)
-        if test_days is None and cut is None and fraction is None:
+        if test_days is None and cut is None and fraction is None and per_user_fraction is None:
             test_days = cfg.data.test_days
-        summary = split(data, out, test_days=test_days, cut=cut, fraction=fraction)
+        summary = split(data, out, test_days=test_days, cut=cut, fraction=fraction,
+                        per_user_fraction=per_user_fraction, min_events=min_events,
+                        allow_small_test=allow_small_test)
         typer.echo(json.dumps(summary))
 
     app.add_typer(data_app, name="data")

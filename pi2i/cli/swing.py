@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING, Any
 
 import typer
+
+if TYPE_CHECKING:
+    from pi2i.config import Config
 
 HELP = ("Build the Swing I2I index from events: pi2i swing --events F --out F [--top-t T] [--alpha A] "
         "[--max-items-per-user N] [--max-users-per-item N] [--workers W]. 0 = no cap.")
 
 
-def _swing_cfg(config: str | None, **flags):
+def _swing_cfg(config: str | None, **flags: Any) -> Config:
     from pi2i.config import load_config
 
     overrides = {k: v for k, v in flags.items() if v is not None}

@@ -121,15 +121,18 @@ def recent_histories(events: pa.Table, n: int | None, behaviors: Iterable[str] |
         raise ValueError(f"history length must be >= 1, got {n}")
     u, it, ts = event_arrays(clicks(events, behaviors))
     if users is None:
-        users, row = np.unique(u, return_inverse=True)
-        row = row.astype(np.int64)
+        order = np.lexsort((ts, u))  # stable: ties in time keep file order
+        u, it, ts = u[order], it[order], ts[order]
+        first = np.ones(len(u), bool)
+        first[1:] = u[1:] != u[:-1]
+        users, row = u[first], np.cumsum(first) - 1
     else:
         users = np.asarray(users, np.int64)
         row = np.minimum(np.searchsorted(users, u), max(len(users) - 1, 0))
         known = (users[row] == u) if len(users) else np.zeros(len(u), bool)
         row, it, ts = row[known], it[known], ts[known]
-    order = np.lexsort((np.arange(len(row)), ts, row))
-    row, it, ts = row[order], it[order], ts[order]
+        order = np.lexsort((ts, row))
+        row, it, ts = row[order], it[order], ts[order]
     if dedup_consecutive and len(row):
         keep = np.ones(len(row), bool)
         keep[1:] = (row[1:] != row[:-1]) | (it[1:] != it[:-1])

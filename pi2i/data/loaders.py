@@ -55,6 +55,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from pi2i.config import Config
 from pi2i.contracts import (
     BEHAVIOR_ALIASES,
     EVENTS_FILE,
@@ -72,6 +73,9 @@ from pi2i.contracts import (
     write_parquet,
 )
 from pi2i.data.events import to_iso, to_us
+
+#: ``progress(done, total)``: bytes read (text) or rows (parquet) so far, of ``total`` when known.
+Progress = Callable[[int, int | None], None]
 
 QUARANTINE_SCHEMA = pa.schema([
     pa.field("line", pa.int64()), pa.field("raw", pa.string()), pa.field("reason", pa.string()),
@@ -105,7 +109,7 @@ class _Spec:
     side: list[str] = field(default_factory=list)
 
 
-def _spec(fmt: str, input_path: str, column_map: dict[str, str] | None, cfg) -> _Spec:
+def _spec(fmt: str, input_path: str, column_map: dict[str, str] | None, cfg: Config) -> _Spec:
     if fmt == "taobao":
         return _Spec(fmt, cfg.data.delimiter or ",", 5,
                      {"user_id": 0, "item_id": 1, "category_id": 2, "behavior": 3, "ts": 4}, side=["category_id"])
@@ -136,7 +140,7 @@ def _spec(fmt: str, input_path: str, column_map: dict[str, str] | None, cfg) -> 
 class _Validator:
     """Vectorised checks of one chunk of rows given as string columns; fills reason codes, returns values."""
 
-    def __init__(self, spec: _Spec, cfg, now_us: int) -> None:
+    def __init__(self, spec: _Spec, cfg: Config, now_us: int) -> None:
         self.spec = spec
         self.min_us = to_us(cfg.data.min_ts)
         self.max_us = to_us(cfg.data.max_ts)
@@ -335,7 +339,7 @@ class _Sink:
         return t.cast(pa.schema([pa.field("item_id", pa.int64())]
                                 + [pa.field(c, ITEM_SIDE_INFO[c]) for c in self.spec.side]))
 
-    def close(self, input_path: str, cfg, extra: dict) -> dict:
+    def close(self, input_path: str, cfg: Config, extra: dict) -> dict:
         self.ev.close()
         self.q.close()
         self.fs.move(self.q_path + ".tmp", self.q_path)
@@ -377,7 +381,8 @@ class _Sink:
 
 
 # ----------------------------------------------------------------------------------------------- text input
-def _blocks(input_path: str, block_bytes: int, progress) -> tuple[int, Iterator[tuple[bytes, bool]]]:
+def _blocks(input_path: str, block_bytes: int, progress: Progress | None
+            ) -> tuple[int, Iterator[tuple[bytes, bool]]]:
     fs, path = resolve(input_path)
     info = fs.get_file_info(path)
     if info.type.name == "NotFound":
@@ -597,7 +602,8 @@ def _field_count_reasons(reason: np.ndarray, nf: np.ndarray, nfields: int, unter
     np.copyto(reason, _CODE["extra_fields"], where=(reason == 0) & (nf > nfields))
 
 
-def _load_text(spec: _Spec, input_path: str, out_dir: str, cfg, progress, now_us: int) -> dict:
+def _load_text(spec: _Spec, input_path: str, out_dir: str, cfg: Config, progress: Progress | None,
+               now_us: int) -> dict:
     """Stream a delimited text file block by block: structure checks, field validation, keep or quarantine."""
     size, blocks = _blocks(input_path, max(1 << 16, cfg.data.chunk_rows * 48), progress)
     if size == 0:
@@ -644,7 +650,8 @@ def _load_text(spec: _Spec, input_path: str, out_dir: str, cfg, progress, now_us
 
 
 # ----------------------------------------------------------------------------------------------- parquet input
-def _load_parquet(spec: _Spec, input_path: str, out_dir: str, cfg, progress, now_us: int) -> dict:
+def _load_parquet(spec: _Spec, input_path: str, out_dir: str, cfg: Config, progress: Progress | None,
+                  now_us: int) -> dict:
     """Read a parquet file in record batches: the columns as trimmed strings through the same validation."""
     fs, path = resolve(input_path)
     try:
@@ -703,6 +710,18 @@ def _staging_dir(out_dir: str) -> str:
     return join(parent, f".{name}.staging-{uuid.uuid4().hex[:12]}") + q + query
 
 
+@contextlib.contextmanager
+def atomic_data_dir(out_dir: str) -> Iterator[str]:
+    """Yield a fresh staging dir beside ``out_dir`` to write a data dir into; when the block succeeds its contract
+    files move into ``out_dir`` (:func:`_commit`); the staging dir is removed either way."""
+    staging = _staging_dir(out_dir)
+    try:
+        yield staging
+        _commit(staging, out_dir)
+    finally:
+        _remove_dir(staging)  # after a failure: all of it; after success: nothing is left there
+
+
 def _remove_dir(uri: str) -> None:
     fs, path = resolve(uri)
     with contextlib.suppress(FileNotFoundError, OSError):
@@ -730,16 +749,14 @@ def _commit(staging: str, out_dir: str) -> None:
     fs.delete_dir(src)
 
 
-def load(fmt: str, input_path: str, out_dir: str, column_map: dict[str, str] | None = None, cfg=None,
-         progress: Callable[[int, int | None], None] | None = None, now_us: int | None = None) -> dict:
+def load(fmt: str, input_path: str, out_dir: str, column_map: dict[str, str] | None = None,
+         cfg: Config | None = None, progress: Progress | None = None, now_us: int | None = None) -> dict:
     """Load ``input_path`` of format ``fmt`` into the data dir ``out_dir``; returns the summary (see module doc).
 
     ``column_map`` (csv, parquet): contract column -> source column name (or 0-based position for headerless
     csv). ``cfg``: a :class:`pi2i.config.Config` (``data.*`` keys). ``progress(done, total)``: bytes or rows.
     ``now_us``: the load time that ``future_ts`` is measured from (default: now). Atomic (see module doc).
     """
-    from pi2i.config import Config
-
     cfg = cfg or Config()
     started = time.perf_counter()
     fmt = fmt.lower()
@@ -754,14 +771,10 @@ def load(fmt: str, input_path: str, out_dir: str, column_map: dict[str, str] | N
     if out_fs.get_file_info(out_path).type == pafs.FileType.File:
         raise ContractError(f"--out {out_dir} is a file, expected a directory")
     now = to_us(dt.datetime.now(dt.UTC)) if now_us is None else int(now_us)
-    staging = _staging_dir(out_dir)
-    try:
+    with atomic_data_dir(out_dir) as staging:
         reader = _load_parquet if fmt == "parquet" else _load_text
         summary = reader(spec, input_path, staging, cfg, progress, now)
         summary["seconds"] = round(time.perf_counter() - started, 3)
         write_json(summary, join(staging, SUMMARY_FILE))
-        _commit(staging, out_dir)
-    finally:
-        _remove_dir(staging)  # after a failure: all of it; after success: nothing is left there
     return summary
 

@@ -47,6 +47,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -67,7 +68,7 @@ from pi2i.contracts import (
     write_parquet,
 )
 from pi2i.data.events import to_iso, to_us
-from pi2i.data.loaders import QUARANTINE_SCHEMA
+from pi2i.data.loaders import QUARANTINE_SCHEMA, atomic_data_dir
 
 _MAX_INTERESTS = 5  # slots 0..4 are the initial interests, slot 5 the one that drifts in
 _US = 1_000_000
@@ -405,7 +406,7 @@ def _chunks(counts: np.ndarray, chunk_events: int) -> list[tuple[int, int]]:
 
 
 def generate(out_dir: str, users: int, items: int, events: int, seed: int = 0,
-             progress: Callable[[int, int], None] | None = None, **opts) -> dict:
+             progress: Callable[[int, int], None] | None = None, **opts: Any) -> dict:
     """Write a synthetic data dir (events, items, users, empty quarantine, summary); returns the summary.
 
     ``opts`` are any :class:`SynthParams` fields (``zipf``, ``days``, ``brand_beta`` ...). ``progress(done,
@@ -419,14 +420,22 @@ def generate(out_dir: str, users: int, items: int, events: int, seed: int = 0,
     started = time.perf_counter()
     w = build_world(p)
     t0_us = to_us(p.start)
+    with atomic_data_dir(out_dir) as staging:  # a failed run leaves out_dir as it was
+        summary = _write(w, p, t0_us, staging, progress, preset)
+    summary["seconds"] = round(time.perf_counter() - started, 3)  # not in summary.json: same seed, same files
+    return summary
+
+
+def _write(w: World, p: SynthParams, t0_us: int, out_dir: str, progress: Callable[[int, int], None] | None,
+           preset: str | None) -> dict:
+    """Stream the events of world ``w`` into ``out_dir`` chunk by chunk, then items, users, the summary."""
     makedirs(out_dir)
     fs, path = resolve(join(out_dir, EVENTS_FILE))
-    tmp = path + ".tmp"
     n_pairs = 0
     beh_counts = np.zeros(len(BEHAVIORS), np.int64)
     ts_min, ts_max = None, None
     done = 0
-    with pq.ParquetWriter(tmp, EVENTS_SCHEMA, filesystem=fs) as writer:
+    with pq.ParquetWriter(path, EVENTS_SCHEMA, filesystem=fs) as writer:
         for c, (u0, u1) in enumerate(_chunks(w.user_events, p.chunk_events)):
             table, pairs = _chunk_events(w, u0, u1, c, t0_us)
             writer.write_table(table, row_group_size=max(table.num_rows, 1))
@@ -440,7 +449,6 @@ def generate(out_dir: str, users: int, items: int, events: int, seed: int = 0,
             done += table.num_rows
             if progress:
                 progress(done, p.events)
-    fs.move(tmp, path)
     write_parquet(items_table(w), join(out_dir, ITEMS_FILE))
     write_parquet(users_table(w), join(out_dir, USERS_FILE))
     write_parquet(QUARANTINE_SCHEMA.empty_table(), join(out_dir, QUARANTINE_FILE))
@@ -453,20 +461,20 @@ def generate(out_dir: str, users: int, items: int, events: int, seed: int = 0,
         "brands": int(np.unique(w.item_brand).size),
         "behaviors": {b: int(x) for b, x in zip(BEHAVIORS, beh_counts)},
         "ts_min": to_iso(ts_min), "ts_max": to_iso(ts_max),
-        "params": asdict(p), "seconds": round(time.perf_counter() - started, 3),
+        "params": asdict(p),
     }
-    write_json({k: v for k, v in summary.items() if k != "seconds"}, join(out_dir, SUMMARY_FILE))
+    write_json(summary, join(out_dir, SUMMARY_FILE))
     return summary
 
 
-def preset_params(name: str, seed: int = 0, **overrides) -> SynthParams:
+def preset_params(name: str, seed: int = 0, **overrides: Any) -> SynthParams:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; available: {sorted(PRESETS)}")
     return replace(SynthParams(**PRESETS[name]), seed=seed, **overrides)
 
 
 def generate_preset(name: str, out_dir: str, seed: int = 0,
-                    progress: Callable[[int, int], None] | None = None, **overrides) -> dict:
+                    progress: Callable[[int, int], None] | None = None, **overrides: Any) -> dict:
     """Generate a named preset (see :data:`PRESETS`); ``overrides`` replace any of its parameters."""
     p = asdict(preset_params(name, seed, **overrides))
     return generate(out_dir, p.pop("users"), p.pop("items"), p.pop("events"), p.pop("seed"),

@@ -311,6 +311,51 @@ def run_methods(methods: dict[str, Retriever], users: EvalUsers, ks: list[int], 
     return runs
 
 
+def recency_segments(history: Histories, categories: tuple[np.ndarray, np.ndarray] | None, window: int
+                     ) -> np.ndarray | None:
+    """Per user: 1 when the last click's category is the dominant (most clicked, ties included) category of
+    the last ``window`` clicks, 0 when it is not (the user just moved away), -1 when unknown. None without
+    categories. Splits HR into "recency agrees with the history" vs "one click off the history" (issue 13.5)."""
+    if categories is None:
+        return None
+    ids, cats = categories
+    order = np.argsort(ids, kind="stable")
+    ids, cats = ids[order], cats[order]
+    ptr, items = history.indptr, history.items
+    rows = rows_of(ptr)
+    recent = ptr[rows + 1] - np.arange(len(items)) <= window  # the last `window` clicks of each row
+    rows, items = rows[recent], items[recent]
+    at = np.minimum(np.searchsorted(ids, items), max(len(ids) - 1, 0))
+    cat = np.where((ids[at] == items) if len(ids) else False, cats[at] if len(ids) else -1, -1)
+    n = len(ptr) - 1
+    out = np.full(n, -1, np.int8)
+    has = np.diff(ptr) > 0
+    last_cat = np.full(n, -1, np.int64)
+    last_cat[has] = cat[np.cumsum(np.bincount(rows, minlength=n))[has] - 1]
+    known = cat >= 0
+    key, cnt = np.unique(rows[known] * np.int64(cats.max(initial=0) + 1) + cat[known], return_counts=True)
+    k_rows, k_cat = key // (cats.max(initial=0) + 1), key % (cats.max(initial=0) + 1)
+    best = np.zeros(n, np.int64)
+    np.maximum.at(best, k_rows, cnt)
+    last_cnt = np.zeros(n, np.int64)
+    hit = k_cat == last_cat[k_rows]
+    last_cnt[k_rows[hit]] = cnt[hit]
+    ok = last_cat >= 0
+    out[ok] = (last_cnt[ok] == best[ok]).astype(np.int8)
+    return out
+
+
+def segment_results(runs: dict[str, MethodRun], segments: np.ndarray, ks: list[int]) -> dict[str, Any]:
+    """HR@K of every method (its ranking) within each recency segment, from the per-user HR already kept."""
+    names = {1: "last_click_in_dominant_category", 0: "last_click_off_dominant_category"}
+    out: dict[str, Any] = {"users": {names[s]: int((segments == s).sum()) for s in names}, "hr": {}}
+    for name, run in runs.items():
+        per_k = {k: run.acc.user_hr(k) for k in ks}
+        out["hr"][name] = {names[s]: {str(k): float(v[segments == s].mean()) if (segments == s).any() else None
+                                      for k, v in per_k.items()} for s in names}
+    return out
+
+
 # ------------------------------------------------------------------------------------------- 4. live version
 def score_live(registry: str, inputs: EvalInputs, users: EvalUsers, ks: list[int], cfg: Config
                ) -> tuple[dict[str, Any], MethodRun | None]:
@@ -398,8 +443,10 @@ def evaluate(train_dir: str, test_dir: str, i2i_uri: str, model_dirs: str | Sequ
     ks = k_ladder(cfg.eval.ks, len(popular))
     retrievers = build_methods(methods, dirs, inputs, cfg, ablations)
     log.info("evaluating %s on %d users at K=%s", list(retrievers), len(users), ks)
-    runs = run_methods(retrievers, users, ks, cfg, inputs.categories())
+    categories = inputs.categories()
+    runs = run_methods(retrievers, users, ks, cfg, categories)
     results = {name: run.result(len(users)) for name, run in runs.items()}
+    segments = recency_segments(users.history, categories, cfg.sampling.seq_len)
 
     gate_k = gate_mod.pick_k(ks, cfg.eval.gate_k)
     live, live_run = score_live(registry, inputs, users, ks, cfg) if registry else (None, None)
@@ -418,6 +465,8 @@ def evaluate(train_dir: str, test_dir: str, i2i_uri: str, model_dirs: str | Sequ
                    "ablations": ablations or {}, "registry": registry},
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if segments is not None:
+        metrics["segments"] = segment_results(runs, segments, ks)
     metrics["gate"] = gate_mod.decide(results, cfg.eval.gate_k, cfg.eval.gate_tolerance, cfg.eval.gate_method,
                                       live, per_user)
     if sweep is not None:

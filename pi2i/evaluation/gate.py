@@ -3,7 +3,7 @@
 Two checks at ``eval.gate_k`` on the same test users (DESIGN.md "Evaluation gate", issue 13 item 3):
 
 1. **beats classic Swing**: ``HR_candidate@K > HR_swing@K`` (strictly); the candidate is ``eval.gate_method``
-   (default ``pi2i``);
+   (default ``pi2i``); its paired difference against every evaluated method is reported beside (``vs``);
 2. **no regression vs live**: the live version of the registry is *re-scored on these users* (never a number
    recorded on another day's users) and the mean paired difference ``d = mean_u(HR_cand(u) − HR_live(u))``
    must satisfy ``d >= −tolerance · HR_live@K`` (``eval.gate_tolerance``, relative). Its standard error and a
@@ -67,7 +67,7 @@ def decide(methods: dict[str, dict], gate_k: int, tolerance: float, candidate: s
     per_user = per_user or {}
     out: dict[str, Any] = {
         "passed": False, "k": k, "requested_k": gate_k, "candidate": candidate, "tolerance": tolerance,
-        "candidate_hr": None, "swing_hr": None, "beats_swing": None, "vs_swing": None,
+        "candidate_hr": None, "swing_hr": None, "beats_swing": None, "vs_swing": None, "vs": {},
         "live": live, "live_version": (live or {}).get("version"), "live_hr": None, "live_floor": None,
         "live_diff": None, "within_live_tolerance": None}
     if k is None:
@@ -82,8 +82,10 @@ def decide(methods: dict[str, dict], gate_k: int, tolerance: float, candidate: s
         out["reason"] = f"FAIL: no classic Swing HR@{k} to compare against"
         return out
     out["beats_swing"] = cand > swing
-    if candidate in per_user and "swing" in per_user:
-        out["vs_swing"] = paired_difference(per_user[candidate], per_user["swing"])
+    if candidate in per_user:  # informative: the candidate against every method on the same users
+        out["vs"] = {name: paired_difference(per_user[candidate], hr) for name, hr in per_user.items()
+                     if name not in (candidate, LIVE)}
+        out["vs_swing"] = out["vs"].get("swing")
     reasons = [f"{candidate} HR@{k}={cand:.4%} {'>' if out['beats_swing'] else '<='} classic Swing {swing:.4%}"]
     reasons.append(_live_check(out, live, cand, k, tolerance, per_user.get(candidate), per_user.get(LIVE)))
     out["passed"] = bool(out["beats_swing"] and out["within_live_tolerance"] is not False)

@@ -377,6 +377,20 @@ def _metric_sections(metrics: dict) -> list[Section]:
     return out
 
 
+def _segments_section(metrics: dict) -> Section:
+    """HR@gate K by recency segment: does a method hold up when the last click left the user's usual category?"""
+    seg = metrics.get("segments")
+    k = metrics.get("gate", {}).get("k")
+    if not seg or not k:
+        return "", ""
+    names = list(seg["users"])
+    head = ["method"] + [f"{n.replace('_', ' ')} ({seg['users'][n]} users)" for n in names]
+    rows = [[m] + [_pct(v[n].get(str(k))) for n in names] for m, v in seg["hr"].items()]
+    note = (f"HR@{k} of the users whose last click is (or is not) in the dominant category of their last "
+            "sampling.seq_len clicks: recency vs stability of the history.")
+    return _table_section(f"HR@{k} by recency segment", head, rows, note=note)
+
+
 def _methods_section(metrics: dict) -> Section:
     head = ["method", "what it is", "mean list length", "mean candidates scored", "pool HR", "seconds"]
     rows = [[n, m.get("description", ""), f"{m.get('mean_list_len', 0):.0f}",
@@ -434,7 +448,7 @@ def _data_section(metrics: dict) -> Section:
 def render(metrics: dict) -> tuple[str, str]:
     """(html, markdown) of the report: the sections in reading order."""
     sections = [_verdict_section(metrics), _live_section(metrics), _hr_section(metrics),
-                *_metric_sections(metrics), _methods_section(metrics), _sweep_section(metrics),
+                *_metric_sections(metrics), _segments_section(metrics), _methods_section(metrics), _sweep_section(metrics),
                 _training_section(metrics), _data_section(metrics)]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{TITLE}</title><style>{CSS}</style>"
             "</head><body>" + "\n".join(p for p, _ in sections)

@@ -12,11 +12,13 @@ candidate enters the pool at its best rank over the user's triggers, so ``pool_T
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 import numpy as np
 import pyarrow as pa
 from numba import njit, prange
 
+from pi2i.config import Config
 from pi2i.contracts import BEHAVIORS
 from pi2i.data.events import clicks, event_arrays, last_distinct, recent_histories
 from pi2i.ibs.i2i import I2IIndex
@@ -77,7 +79,8 @@ def _pool_kernel(trig_indptr, trig_rows, row_indptr, row_targets, row_ranks, tes
 
 
 def sweep(train_events: pa.Table, test_events: pa.Table, i2i_table: pa.Table,
-          t_ladder=DEFAULT_LADDER, num_triggers: int = 20, behaviors=BEHAVIORS,
+          t_ladder: Sequence[int] = DEFAULT_LADDER, num_triggers: int = 20,
+          behaviors: Sequence[str] = BEHAVIORS,
           exclude_history: bool = False) -> pa.Table:
     """HR of the I2I candidate pool and its size for each ``T`` of the ladder (capped by the longest row).
 
@@ -152,13 +155,12 @@ def sweep_summary(table: pa.Table) -> dict:
     return json.loads(meta[b"pi2i.ibs.sweep"]) if b"pi2i.ibs.sweep" in meta else {"rows": table.to_pylist()}
 
 
-def run_sweep(train_dir: str, test_dir: str, out_dir: str, i2i_uri: str | None = None, cfg=None,
-              t_ladder=DEFAULT_LADDER, num_triggers: int | None = None, workers: int = 1,
+def run_sweep(train_dir: str, test_dir: str, out_dir: str, i2i_uri: str | None = None,
+              cfg: Config | None = None, t_ladder: Sequence[int] = DEFAULT_LADDER, num_triggers: int | None = None, workers: int = 1,
               exclude_history: bool = False) -> dict:
     """CLI body: read the split, build (or read) the i2i table, write sweep.parquet/.csv/.png/.json."""
     import pyarrow.csv as pacsv
 
-    from pi2i.config import Config
     from pi2i.contracts import (
         EVENTS_FILE,
         join,

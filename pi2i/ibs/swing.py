@@ -35,6 +35,7 @@ import itertools
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -46,6 +47,7 @@ from numba import get_thread_id, njit, prange
 from pi2i.config import SwingConfig
 from pi2i.contracts import I2I_SCHEMA, SYNTHETIC_BEHAVIOR, read_events, write_json, write_parquet
 from pi2i.data.events import clicks, event_arrays, splitmix64
+from pi2i.layout import STATS_SUFFIX
 
 __all__ = ["SwingGraph", "build_swing", "prepare_graph", "run_swing", "swing_kernel"]
 
@@ -159,6 +161,51 @@ def _dense_ids(col: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     return uniq[order], rank[enc.indices.to_numpy()]
 
 
+def _distinct_edges(us: np.ndarray, it: np.ndarray, n_items: int, ts: np.ndarray | None
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Distinct (user, item) edges sorted by (user, item); with ``ts``, also each edge's latest timestamp."""
+    key = us.astype(np.int64) * n_items + it
+    if ts is not None:
+        o1 = np.argsort(ts, kind="stable")
+        order = o1[np.argsort(key[o1], kind="stable")]  # by key, then time
+        ks = key[order]
+        last = np.ones(len(ks), bool)
+        last[:-1] = ks[1:] != ks[:-1]
+        ks, ets = ks[last], ts[order][last]
+    else:
+        ks = np.sort(key)
+        first = np.ones(len(ks), bool)
+        first[1:] = ks[1:] != ks[:-1]
+        ks, ets = ks[first], None
+    return ks // n_items, ks % n_items, ets
+
+
+def _cap_items_per_user(eu: np.ndarray, ei: np.ndarray, ets: np.ndarray, n_users: int, cap: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Cap 1: each user's ``cap`` most recent items (ties in time: the larger item id counts as more recent)."""
+    o = np.lexsort((ei, ets, eu))  # per user, oldest first
+    deg = np.bincount(eu, minlength=n_users)
+    start = np.concatenate(([0], np.cumsum(deg)[:-1]))
+    pos = np.arange(len(o)) - start[eu[o]]
+    keep = np.zeros(len(o), bool)
+    keep[o] = pos >= (deg[eu[o]] - cap)
+    return eu[keep], ei[keep]
+
+
+def _sample_users_per_item(user_of: np.ndarray, item_of: np.ndarray, ei: np.ndarray, n_items: int, cap: int,
+                           seed: int) -> np.ndarray:
+    """Cap 2: per item a seeded sample of ``cap`` users (the smallest hashes); 1 = edge kept in ``U_i``."""
+    kept = np.ones(len(ei), np.uint8)
+    if cap > 0 and len(ei):
+        h = _edge_hash(user_of, item_of, seed)
+        o = np.lexsort((h, ei))
+        ideg = np.bincount(ei, minlength=n_items)
+        start = np.concatenate(([0], np.cumsum(ideg)[:-1]))
+        pos = np.arange(len(o)) - start[ei[o]]
+        kept[o] = (pos < cap).astype(np.uint8)
+    return kept
+
+
 def prepare_graph(events: pa.Table, cfg: SwingConfig) -> SwingGraph:
     """Events of the contract -> capped CSR graph. Raises ValueError when nothing is left to index."""
     n_in = events.num_rows
@@ -174,50 +221,18 @@ def prepare_graph(events: pa.Table, cfg: SwingConfig) -> SwingGraph:
     item_ids, it = _dense_ids(ev.column("item_id"))
     user_ids, us = _dense_ids(ev.column("user_id"))
     n_items, n_users = len(item_ids), len(user_ids)
-    # distinct (user, item) edges, sorted by (user, item); with the item cap, also their latest timestamp
-    key = us.astype(np.int64) * n_items + it
-    if cfg.max_items_per_user > 0:
-        ts = event_arrays(ev)[2]
-        o1 = np.argsort(ts, kind="stable")
-        order = o1[np.argsort(key[o1], kind="stable")]  # by key, then time
-        ks = key[order]
-        last = np.ones(len(ks), bool)
-        last[:-1] = ks[1:] != ks[:-1]
-        ks, ets = ks[last], ts[order][last]
-    else:
-        ks = np.sort(key)
-        first = np.ones(len(ks), bool)
-        first[1:] = ks[1:] != ks[:-1]
-        ks, ets = ks[first], None
-    eu, ei = ks // n_items, (ks % n_items)
-    n_edges = len(ks)
-
-    # cap 1: the max_items_per_user most recent items (ties in time: larger item id counts as more recent)
-    if cfg.max_items_per_user > 0:
+    capped = cfg.max_items_per_user > 0
+    eu, ei, ets = _distinct_edges(us, it, n_items, event_arrays(ev)[2] if capped else None)
+    n_edges = len(eu)
+    if capped:
         assert ets is not None
-        o = np.lexsort((ei, ets, eu))  # per user, oldest first
-        deg = np.bincount(eu, minlength=n_users)
-        start = np.concatenate(([0], np.cumsum(deg)[:-1]))
-        pos = np.arange(len(o)) - start[eu[o]]
-        keep = np.zeros(len(o), bool)
-        keep[o] = pos >= (deg[eu[o]] - cfg.max_items_per_user)
-        eu, ei = eu[keep], ei[keep]
+        eu, ei = _cap_items_per_user(eu, ei, ets, n_users, cfg.max_items_per_user)
     deg = np.bincount(eu, minlength=n_users)
-    # users with a single item only ever pair on (i, i): drop them (exact)
-    keep = deg[eu] >= 2
+    keep = deg[eu] >= 2  # users with a single item only ever pair on (i, i): drop them (exact)
     eu, ei = eu[keep], ei[keep]
     weight = np.zeros(n_users, np.float64)
-    weight[deg > 0] = 1.0 / np.sqrt(deg[deg > 0])
-
-    # cap 2: per item a seeded sample of max_users_per_item users (the smallest hashes)
-    kept = np.ones(len(eu), np.uint8)
-    if cfg.max_users_per_item > 0 and len(eu):
-        h = _edge_hash(user_ids[eu], item_ids[ei], cfg.seed)
-        o = np.lexsort((h, ei))
-        ideg = np.bincount(ei, minlength=n_items)
-        start = np.concatenate(([0], np.cumsum(ideg)[:-1]))
-        pos = np.arange(len(o)) - start[ei[o]]
-        kept[o] = (pos < cfg.max_users_per_item).astype(np.uint8)
+    weight[deg > 0] = 1.0 / np.sqrt(deg[deg > 0])  # w_u = |I_u|^-1/2
+    kept = _sample_users_per_item(user_ids[eu], item_ids[ei], ei, n_items, cfg.max_users_per_item, cfg.seed)
 
     # CSR user -> items (edges already sorted by user, then item)
     user_indptr = np.zeros(n_users + 1, np.int64)
@@ -233,11 +248,12 @@ def prepare_graph(events: pa.Table, cfg: SwingConfig) -> SwingGraph:
     stats = {"events_in": int(n_in), "events_used": int(ev.num_rows), "users": int(n_users),
              "items": int(n_items), "edges_distinct": int(n_edges), "edges_indexed": len(eu),
              "edges_sampled": int(kept.sum())}
-    arrays = [item_ids.astype(np.int64), user_indptr, user_items, kept, item_indptr, item_users, weight]
-    for a in arrays:  # read-only, like the zero-copy views a Ray task gets: one numba signature for both paths
+    g = SwingGraph(item_ids=item_ids.astype(np.int64), user_indptr=user_indptr, user_items=user_items,
+                   user_kept=kept, item_indptr=item_indptr, item_users=item_users, weight=weight, stats=stats)
+    # read-only, like the zero-copy views a Ray task gets: one numba signature for both paths
+    for a in (*g.csr(), g.item_ids):
         a.flags.writeable = False
-    return SwingGraph(item_ids=arrays[0], user_indptr=user_indptr, user_items=user_items, user_kept=kept,
-                      item_indptr=item_indptr, item_users=item_users, weight=weight, stats=stats)
+    return g
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -403,7 +419,8 @@ def balanced_ranges(cost: np.ndarray, parts: int) -> np.ndarray:
 
 
 def _rows(g: SwingGraph, triggers: np.ndarray, cfg: SwingConfig, chunks_per_thread: int = 32,
-          batch_rows: int | None = None, progress_cb=None) -> tuple[np.ndarray, np.ndarray, np.ndarray,
+          batch_rows: int | None = None, progress_cb: Callable[[int], None] | None = None
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray,
                                                                       np.ndarray, int]:
     """Compute rows of dense ``triggers`` in batches; returns (trigger, target, score, lengths, updates)."""
     import numba
@@ -460,7 +477,9 @@ def _shard_task(g: SwingGraph, triggers: np.ndarray, cfg_json: str) -> tuple:
     return _rows(g, triggers, cfg)
 
 
-def _rows_ray(g: SwingGraph, triggers: np.ndarray, cfg: SwingConfig, workers: int, progress_cb=None):
+def _rows_ray(g: SwingGraph, triggers: np.ndarray, cfg: SwingConfig, workers: int,
+              progress_cb: Callable[[int], None] | None = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
     """Shard triggers over Ray tasks (contiguous, cost-balanced; a few shards per worker for slack)."""
     import ray
 
@@ -578,4 +597,5 @@ def run_swing(events_uri: str, out_uri: str, cfg: SwingConfig, workers: int = 1,
 
 
 def stats_uri(out_uri: str) -> str:
-    return out_uri + ".stats.json"
+    """Where the run statistics of the i2i table ``out_uri`` go: beside it."""
+    return out_uri + STATS_SUFFIX

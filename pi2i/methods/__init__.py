@@ -13,6 +13,7 @@ from pi2i.config import Config
 from pi2i.methods.base import MethodError, Retriever, TrainInputs
 from pi2i.methods.ease import EASE
 from pi2i.methods.manifest import code_version, read_manifest, save_manifest
+from pi2i.methods.mtmh import MTMH
 from pi2i.methods.pdn import PDN
 from pi2i.methods.pi2i import PI2I
 from pi2i.methods.pool import Pool
@@ -26,6 +27,7 @@ METHODS: dict[str, type[Retriever]] = {
     "pi2i": PI2I,
     "ease": EASE,
     "pdn": PDN,
+    "mtmh": MTMH,
 }
 
 

@@ -30,12 +30,11 @@ import pyarrow as pa
 
 from pi2i.contracts import BEHAVIORS, join, read_json, read_parquet, write_json, write_parquet
 from pi2i.ibs.i2i import I2IIndex
+from pi2i.methods.item_features import ItemCodes
 from pi2i.methods.ranking import item_codes
 
-ITEM_FIELDS: tuple[str, ...] = ("id", "category_id", "brand_id", "seller_id", "price_bucket", "pop_bucket")
-SIDE_FIELDS: tuple[str, ...] = ("category_id", "brand_id", "seller_id")
 NON_CLICK: tuple[str, ...] = tuple(b for b in BEHAVIORS if b != "click")  # bits of the behaviour mask
-PRICE_BUCKETS, POP_BUCKETS, AGE_BUCKETS, LEN_BUCKETS, COUNT_BUCKETS = 16, 24, 16, 16, 9
+AGE_BUCKETS, LEN_BUCKETS, COUNT_BUCKETS = 16, 16, 9
 RANK_BUCKETS, REL_BUCKETS, HOURS, DAYS, DEPTH_BUCKETS = 16, 11, 24, 7, 8
 SESSION_GAP_US = 30 * 60 * 1_000_000
 _US_PER_HOUR = 3_600_000_000
@@ -147,38 +146,8 @@ class Featurizer:
               score_buckets: int) -> Featurizer:
         """Vocabularies from the training data: ``clicked`` (training users' clicks) for the id vocabulary,
         ``items`` for side info, ``popularity`` for popularity buckets, ``events`` for behaviour masks."""
-        ids_all = np.unique(np.concatenate([items.column("item_id").to_numpy().astype(np.int64),
-                                            popularity.column("item_id").to_numpy().astype(np.int64),
-                                            index.triggers, index.targets]))
-        x = np.zeros((len(ids_all), len(ITEM_FIELDS)), np.int64)
-        sizes: dict[str, int] = {}
-        ids, counts = np.unique(np.asarray(clicked, np.int64), return_counts=True)
-        vocab = ids[counts >= min_count]
-        code = item_codes(vocab, ids_all)
-        x[:, 0] = code + 1  # 0 = out of vocabulary
-        sizes["id"] = len(vocab) + 1
-        at = item_codes(items.column("item_id").to_numpy().astype(np.int64), ids_all)
-        for f_i, f in enumerate(SIDE_FIELDS, start=1):
-            if f in items.column_names:
-                raw = items.column(f).cast(pa.int64()).fill_null(-1).to_numpy().astype(np.int64)
-                vals = np.unique(raw[raw >= 0])
-                v = np.where(at >= 0, raw[np.maximum(at, 0)], -1)
-                x[:, f_i] = np.where(v >= 0, item_codes(vals, v) + 1, 0)
-                sizes[f] = len(vals) + 1
-            else:
-                sizes[f] = 1
-        if "price" in items.column_names:
-            price = items.column("price").cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
-            p = np.where(at >= 0, price[np.maximum(at, 0)], np.nan)
-            known = np.isfinite(p)
-            edges = np.quantile(p[known], np.linspace(0, 1, PRICE_BUCKETS)[1:-1]) if known.any() else []
-            x[:, 4] = np.where(known, np.searchsorted(edges, np.nan_to_num(p), side="right") + 1, 0)
-        sizes["price_bucket"] = PRICE_BUCKETS + 1
-        pop_at = item_codes(popularity.column("item_id").to_numpy().astype(np.int64), ids_all)
-        pop = popularity.column("count").to_numpy().astype(np.float64)
-        cnt = np.where(pop_at >= 0, pop[np.maximum(pop_at, 0)], 0.0)
-        x[:, 5] = np.minimum(np.floor(np.log2(1.0 + cnt)), POP_BUCKETS - 1).astype(np.int64)
-        sizes["pop_bucket"] = POP_BUCKETS
+        codes = ItemCodes.build(items, popularity, clicked, min_count, [index.triggers, index.targets])
+        ids_all, x, sizes = codes.item_ids, codes.x, dict(codes.sizes)
         q = np.linspace(0, 1, score_buckets + 1)[1:-1]
         score_edges = np.unique(np.quantile(index.scores, q)) if len(index.scores) else np.zeros(0)
         sizes.update(score=len(score_edges) + 1, rank=RANK_BUCKETS, rel=REL_BUCKETS, count=COUNT_BUCKETS,
@@ -191,9 +160,7 @@ class Featurizer:
     # ------------------------------------------------------------------ encode
     def item_x_of(self, items: np.ndarray) -> np.ndarray:
         """(..., 6) item-field codes of raw ids (pads and unknown items: zeros)."""
-        at = item_codes(self.item_ids, np.asarray(items).ravel())
-        out = np.where((at >= 0)[:, None], self.item_x[np.maximum(at, 0)], 0)
-        return out.reshape(np.shape(items) + (len(ITEM_FIELDS),))
+        return ItemCodes(self.item_ids, self.item_x, self.vocab_sizes).lookup(items)
 
     def cji(self, score: np.ndarray, rank: np.ndarray, row_top: np.ndarray) -> np.ndarray:
         """Co-occurrence codes (P, 3) of Swing entries: score quantile, log2 rank, score / row's best."""
@@ -255,9 +222,7 @@ class Featurizer:
 
     # ------------------------------------------------------------------ persistence
     def save(self, out_dir: str) -> None:
-        cols = {"item_id": pa.array(self.item_ids, pa.int64())}
-        cols.update({f: pa.array(self.item_x[:, k], pa.int64()) for k, f in enumerate(ITEM_FIELDS)})
-        write_parquet(pa.table(cols), join(out_dir, ITEM_CODES_FILE))
+        ItemCodes(self.item_ids, self.item_x, self.vocab_sizes).save(join(out_dir, ITEM_CODES_FILE))
         bu = self.beh_keys // np.int64(len(self.item_ids) + 1)
         bi = self.beh_keys % np.int64(len(self.item_ids) + 1)
         beh = {"user_id": pa.array(self.beh_users[bu] if len(bu) else bu, pa.int64()),
@@ -271,15 +236,14 @@ class Featurizer:
     @classmethod
     def load(cls, model_dir: str) -> Featurizer:
         meta = read_json(join(model_dir, FEATURIZER_FILE))
-        t = read_parquet(join(model_dir, ITEM_CODES_FILE))
-        ids = t.column("item_id").to_numpy().astype(np.int64)
-        x = np.stack([t.column(f).to_numpy().astype(np.int64) for f in ITEM_FIELDS], -1)
+        codes = ItemCodes.load(join(model_dir, ITEM_CODES_FILE), meta["vocab_sizes"])
+        ids, x = codes.item_ids, codes.x
         b = read_parquet(join(model_dir, BEHAVIOR_FILE))
         first = np.stack([b.column(f"first_{n}").to_numpy().astype(np.int64) for n in NON_CLICK], -1) \
             if b.num_rows else np.zeros((0, len(NON_CLICK)), np.int64)
         users, keys, first = _keyed(b.column("user_id").to_numpy().astype(np.int64),
                                     b.column("item_id").to_numpy().astype(np.int64), first, ids)
-        return cls(ids, x.reshape(len(ids), len(ITEM_FIELDS)), dict(meta["vocab_sizes"]),
+        return cls(ids, x, dict(meta["vocab_sizes"]),
                    np.asarray(meta["score_edges"], np.float64), int(meta["num_triggers"]), int(meta["seq_len"]),
                    bool(meta["dedup_consecutive"]), keys, users, first)
 

@@ -30,8 +30,9 @@ from torch import nn
 from pi2i.config import Config, PDNConfig
 from pi2i.contracts import I2I_SCHEMA
 from pi2i.ibs.i2i import I2IIndex
+from pi2i.methods.item_features import ITEM_FIELDS
 from pi2i.methods.learned import EpochTracker, open_samples, user_split
-from pi2i.methods.pdn_features import ITEM_FIELDS, Featurizer, PDNBatch, RowIndex, sample_batch
+from pi2i.methods.pdn_features import Featurizer, PDNBatch, RowIndex, sample_batch
 
 VAL_MAX_SAMPLES = 4000
 INDEX_CHUNK = 1 << 16

@@ -74,4 +74,5 @@ class PI2I(Retriever):
         src_fs, src = resolve(self.model_dir)
         dst_fs, dst = resolve(out_dir)
         pafs.copy_files(src, dst, source_filesystem=src_fs, destination_filesystem=dst_fs)
-        save_manifest(out_dir, self.name, self.cfg)
+        trained_with = getattr(self.scorer, "cfg", None)  # the config the scorer was trained with, if it has one
+        save_manifest(out_dir, self.name, trained_with if isinstance(trained_with, Config) else self.cfg)

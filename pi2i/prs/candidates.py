@@ -36,7 +36,7 @@ HIT_FEATURES: tuple[str, ...] = ("score", "rel_score", "log_rank", "pos", "log_a
 CROSS_FEATURES: tuple[str, ...] = (
     "log_n_hits", "log_best_rank", "inv_best_rank", "max_score", "sum_score", "max_rel_score",
     "sum_rel_score", "min_pos", "log_min_age_h", "hit_by_recent", "same_cat_recent", "same_cat_any",
-    "price_known", "log_price_ratio", "is_trigger",
+    "price_known", "log_price_ratio", "is_trigger", "log_popularity",
 )
 #: Per-group profile inputs (the user side beyond the sequence).
 #: (No pool-size input: a training sample sees ~1+hard+easy candidates, serving the whole union.)
@@ -77,45 +77,76 @@ class RowLookup:
 # --------------------------------------------------------------------------------------------- side info
 @dataclass(frozen=True)
 class ItemInfo:
-    """Item side information as sorted arrays: raw category/brand/seller id (-1 unknown) and price (NaN)."""
+    """Item side information as sorted arrays: raw category/brand/seller id (-1 unknown), price (NaN) and the
+    item's training click count as log(1 + count) (0 unknown) — the popularity prior the scorer needs to rank a
+    pool at least as well as popularity does."""
 
     item_ids: np.ndarray  # int64 sorted
     side: np.ndarray  # int64 [n, 3] raw ids of SIDE_FIELDS, -1 unknown
     price: np.ndarray  # float64 [n], NaN unknown
+    log_pop: np.ndarray | None = None  # float32 [n], log1p(click count); None = no popularity known
 
     @classmethod
-    def from_table(cls, table: pa.Table | None) -> ItemInfo:
+    def from_table(cls, table: pa.Table | None, popularity: pa.Table | None = None) -> ItemInfo:
+        """From ``items.parquet`` (side info) and ``popularity.parquet`` (item_id, count), either may be None."""
         if table is None or table.num_rows == 0:
-            return cls(np.empty(0, np.int64), np.empty((0, 3), np.int64), np.empty(0, np.float64))
-        ids = table.column("item_id").to_numpy(zero_copy_only=False).astype(np.int64)
-        order = np.argsort(ids, kind="stable")
-        ids = ids[order]
-        keep = np.ones(len(ids), bool)
-        keep[1:] = ids[1:] != ids[:-1]
-        side = np.full((len(ids), 3), -1, np.int64)
-        for j, f in enumerate(SIDE_FIELDS):
-            if f in table.column_names:
-                col = table.column(f).cast(pa.int64()).fill_null(-1).to_numpy().astype(np.int64)
-                side[:, j] = col[order]
-        price = np.full(len(ids), np.nan)
-        if "price" in table.column_names:
-            price = table.column("price").cast(pa.float64()).fill_null(np.nan).to_numpy()[order].astype(np.float64)
-        return cls(ids[keep], side[keep], price[keep])
+            ids = np.empty(0, np.int64)
+            side, price = np.empty((0, 3), np.int64), np.empty(0, np.float64)
+        else:
+            ids = table.column("item_id").to_numpy(zero_copy_only=False).astype(np.int64)
+            order = np.argsort(ids, kind="stable")
+            ids = ids[order]
+            keep = np.ones(len(ids), bool)
+            keep[1:] = ids[1:] != ids[:-1]
+            side = np.full((len(ids), 3), -1, np.int64)
+            for j, f in enumerate(SIDE_FIELDS):
+                if f in table.column_names:
+                    col = table.column(f).cast(pa.int64()).fill_null(-1).to_numpy().astype(np.int64)
+                    side[:, j] = col[order]
+            price = np.full(len(ids), np.nan)
+            if "price" in table.column_names:
+                price = table.column("price").cast(pa.float64()).fill_null(np.nan).to_numpy()[order].astype(
+                    np.float64)
+            ids, side, price = ids[keep], side[keep], price[keep]
+        if popularity is None or popularity.num_rows == 0:
+            return cls(ids, side, price)
+        pid = popularity.column("item_id").to_numpy().astype(np.int64)
+        cnt = popularity.column("count").to_numpy().astype(np.float64)
+        all_ids = np.union1d(ids, pid)
+        at = np.searchsorted(all_ids, ids)
+        side2 = np.full((len(all_ids), 3), -1, np.int64)
+        side2[at] = side
+        price2 = np.full(len(all_ids), np.nan)
+        price2[at] = price
+        log_pop = np.zeros(len(all_ids), np.float32)
+        log_pop[np.searchsorted(all_ids, pid)] = np.log1p(cnt)
+        return cls(all_ids, side2, price2, log_pop)
 
     def present_fields(self) -> list[str]:
         return [f for j, f in enumerate(SIDE_FIELDS) if (self.side[:, j] >= 0).any()] if len(self.item_ids) else []
 
+    def _find(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        flat = np.asarray(items, np.int64).ravel()
+        pos = np.minimum(np.searchsorted(self.item_ids, flat), len(self.item_ids) - 1)
+        return pos, (self.item_ids[pos] == flat) & (flat >= 0)
+
     def lookup(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(side [..., 3] int64 with -1 unknown, price [...] with NaN unknown) of raw item ids (-1 = pad)."""
         items = np.asarray(items, np.int64)
-        flat = items.ravel()
         if len(self.item_ids) == 0:
             return np.full(items.shape + (3,), -1, np.int64), np.full(items.shape, np.nan)
-        pos = np.minimum(np.searchsorted(self.item_ids, flat), len(self.item_ids) - 1)
-        found = (self.item_ids[pos] == flat) & (flat >= 0)
+        pos, found = self._find(items)
         side = np.where(found[:, None], self.side[pos], -1)
         price = np.where(found, self.price[pos], np.nan)
         return side.reshape(items.shape + (3,)), price.reshape(items.shape)
+
+    def popularity(self, items: np.ndarray) -> np.ndarray:
+        """log(1 + training clicks) [...] float32 of raw item ids (0 unknown or pad)."""
+        items = np.asarray(items, np.int64)
+        if self.log_pop is None or len(self.item_ids) == 0:
+            return np.zeros(items.shape, np.float32)
+        pos, found = self._find(items)
+        return np.where(found, self.log_pop[pos], 0.0).astype(np.float32).reshape(items.shape)
 
 
 # --------------------------------------------------------------------------------------------- sequences
@@ -289,7 +320,7 @@ def candidate_union(lookup: RowLookup, triggers: np.ndarray,
 
 # --------------------------------------------------------------------------------------------- features
 @nb.njit(cache=True, parallel=True, nogil=True)
-def _features_kernel(cands, trig, trig_rows, trig_age, trig_cat, trig_price, cand_cat, cand_price,
+def _features_kernel(cands, trig, trig_rows, trig_age, trig_cat, trig_price, cand_cat, cand_price, cand_pop,
                      indptr, s_targets, s_scores, s_ranks, row_top, L, H,
                      hit_slot, hit_dense, cross):
     G, C = cands.shape
@@ -369,6 +400,7 @@ def _features_kernel(cands, trig, trig_rows, trig_age, trig_cat, trig_price, can
                 cross[g, c, 12] = 1.0
                 cross[g, c, 13] = np.log(pc / pt)
             cross[g, c, 14] = is_trig
+            cross[g, c, 15] = cand_pop[g, c]
 
 
 _features_kernel_1 = _serial(_features_kernel)
@@ -405,7 +437,7 @@ def featurize(groups: Groups, cands: np.ndarray, lookup: RowLookup, info: ItemIn
     ip = lookup.index.indptr
     (_features_kernel_1 if G == 1 else _features_kernel)(cands, groups.triggers, trig_rows, groups.trigger_age_h,
                      np.ascontiguousarray(tside[..., 0]), np.ascontiguousarray(tprice),
-                     np.ascontiguousarray(cside[..., 0]), np.ascontiguousarray(cprice),
+                     np.ascontiguousarray(cside[..., 0]), np.ascontiguousarray(cprice), info.popularity(cands),
                      ip, lookup.s_targets, lookup.s_scores, lookup.s_ranks, lookup.row_top, L, H,
                      hit_slot, hit_dense, cross)
     return Features(cands, groups.triggers, hit_slot, hit_dense, cross, groups.seq, groups.profile)

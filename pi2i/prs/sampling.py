@@ -6,7 +6,10 @@ are the **positive triggers** ``P``; a position with ``P = ∅`` is dropped and 
 the target and sampled without replacement where the pool allows (seeded, independent of thread count):
 
 * **hard**: from the rows of ``P`` (``sampling.hard_negatives``),
-* **easy**: from the rows of the other triggers (``sampling.easy_negatives``).
+* **easy**: from the rows of the other triggers (``sampling.easy_negatives``);
+* **fill** (``sampling.fill_negatives``): where the other triggers' rows hold fewer than that (few triggers, a
+  small catalogue), the remaining easy slots are drawn from the positive triggers' rows, so a sample keeps its
+  full set of negatives instead of padding.
 
 Every candidate is an item of the union of the triggers' rows — the serving pool — and its features are built
 later by :func:`pi2i.prs.candidates.featurize`, the very function serving uses, from the stored (user, position,
@@ -134,8 +137,8 @@ def _draw(rows, use, n_want, target, out, c, state, indptr, s_targets):
 
 
 @nb.njit(cache=True, parallel=True)
-def _sample_kernel(items, ts, click_rows, pos_lo, pos_t, L, n_hard, n_easy, seed, indptr, s_targets,
-                   cands, npos, nhard, neasy):
+def _sample_kernel(items, ts, click_rows, pos_lo, pos_t, L, n_hard, n_easy, fill, seed, indptr, s_targets,
+                   cands, npos, nhard, neasy, nfill):
     for p in nb.prange(len(pos_t)):
         lo, t = pos_lo[p], pos_t[p]
         target = items[t]
@@ -170,6 +173,9 @@ def _sample_kernel(items, ts, click_rows, pos_lo, pos_t, L, n_hard, n_easy, seed
         nhard[p] = c - 1
         c2, state = _draw(rows, neg_trig, n_easy, target, out, c, state, indptr, s_targets)
         neasy[p] = c2 - c
+        if fill and c2 < c + n_easy:  # too few other triggers' items: fill the slots from the positive rows
+            c3, state = _draw(rows, pos_trig, c + n_easy - c2, target, out, c2, state, indptr, s_targets)
+            nfill[p] = c3 - c2
 
 
 # --------------------------------------------------------------------------------------------- click data
@@ -269,11 +275,12 @@ def build_samples(events_uri: str, i2i_uri: str, out_dir: str, cfg: Config, item
     npos = np.zeros(P, np.int32)
     nhard = np.zeros(P, np.int32)
     neasy = np.zeros(P, np.int32)
+    nfill = np.zeros(P, np.int32)
     click_rows = lookup.rows(clicks.items)
     t1 = time.perf_counter()
     _sample_kernel(clicks.items, clicks.ts, click_rows, pos_lo, pos_t.astype(np.int64), sc.num_triggers,
-                   sc.hard_negatives, sc.easy_negatives, sc.seed, index.indptr, lookup.s_targets,
-                   cands, npos, nhard, neasy)
+                   sc.hard_negatives, sc.easy_negatives, sc.fill_negatives, sc.seed, index.indptr,
+                   lookup.s_targets, cands, npos, nhard, neasy, nfill)
     t_kernel = time.perf_counter() - t1
     keep = npos > 0
     kept = np.flatnonzero(keep)
@@ -304,6 +311,8 @@ def build_samples(events_uri: str, i2i_uri: str, out_dir: str, cfg: Config, item
         "mean_positive_triggers": float(npos[keep].mean()) if nk else 0.0,
         "mean_hard_negatives": float(nhard[keep].mean()) if nk else 0.0,
         "mean_easy_negatives": float(neasy[keep].mean()) if nk else 0.0,
+        "mean_fill_negatives": float(nfill[keep].mean()) if nk else 0.0,
+        "mean_candidates": float(1 + (nhard + neasy + nfill)[keep].mean()) if nk else 0.0,
         "seconds_load": round(t_load, 3), "seconds_sampling": round(t_kernel, 3), "seconds_total": round(total, 3),
         "samples_per_s_sampling": float(P / t_kernel) if t_kernel > 0 else None,
         "samples_per_s": float(P / total) if total > 0 else None,
@@ -346,7 +355,8 @@ class SampleSet:
     @property
     def info(self) -> ItemInfo:
         if self._info is None:
-            self._info = ItemInfo.from_table(read_parquet(join(self.dir, ITEMS_FILE)))
+            self._info = ItemInfo.from_table(read_parquet(join(self.dir, ITEMS_FILE)),
+                                             read_parquet(join(self.dir, POPULARITY_FILE)))
         return self._info
 
     def features(self, idx: np.ndarray, num_triggers: int, seq_len: int, max_hits: int) -> Features:

@@ -41,7 +41,7 @@ class Scorer:
     mutated after load)."""
 
     def __init__(self, model, cfg, meta: dict, vocab: Vocab, lookup: RowLookup, info: ItemInfo,
-                 popularity: np.ndarray, cells: int = 65536):
+                 popularity: np.ndarray, cells: int = 65536, stability: float | None = None):
         self.model, self.cfg, self.meta = model, cfg, meta
         self.vocab, self.lookup, self.info = vocab, lookup, info
         self.popularity = popularity
@@ -50,16 +50,19 @@ class Scorer:
         self.max_hits = int(meta["max_trigger_hits"])
         self.dedup = bool(meta.get("dedup_consecutive", True))
         self.cells = cells
+        #: weight of the history's category mix in the final score (``model.stability``; see :meth:`adjust`)
+        self.stability = float(cfg.model.stability if stability is None else stability)
 
     @classmethod
-    def load(cls, model_dir: str, i2i: I2IIndex) -> Scorer:
+    def load(cls, model_dir: str, i2i: I2IIndex, stability: float | None = None) -> Scorer:
         from pi2i.prs.train import VOCAB_FILE, load_model
 
         model, cfg, meta = load_model(model_dir)
-        info = ItemInfo.from_table(read_parquet(join(model_dir, ITEMS_FILE)))
+        pop_table = read_parquet(join(model_dir, POPULARITY_FILE))
+        info = ItemInfo.from_table(read_parquet(join(model_dir, ITEMS_FILE)), pop_table)
         vocab = Vocab.from_table(read_parquet(join(model_dir, VOCAB_FILE)), info)
-        pop = read_parquet(join(model_dir, POPULARITY_FILE)).column("item_id").to_numpy().astype(np.int64)
-        return cls(model, cfg, meta, vocab, RowLookup.build(i2i), info, pop)
+        pop = pop_table.column("item_id").to_numpy().astype(np.int64)
+        return cls(model, cfg, meta, vocab, RowLookup.build(i2i), info, pop, stability=stability)
 
     # ----------------------------------------------------------------------------------------- public API
     def recommend(self, history_items: np.ndarray, history_ts: np.ndarray, k: int,
@@ -83,7 +86,21 @@ class Scorer:
     def score_candidates(self, groups: Groups, cands: np.ndarray) -> np.ndarray:
         """Model logits [G, C] of candidates [G, C] (-1 pad → -inf)."""
         feat = featurize(groups, cands, self.lookup, self.info, self.max_hits)
-        return self.model(to_tensors(feat, self.vocab)).numpy()
+        return self.adjust(groups, cands, self.model(to_tensors(feat, self.vocab)).numpy())
+
+    def adjust(self, groups: Groups, cands: np.ndarray, logits: np.ndarray) -> np.ndarray:
+        """Recency vs stability: ``logit + stability · log((n_c + 1) / (n + 1))`` with ``n_c`` the clicks of the
+        candidate's category among the user's last ``seq_len`` clicks (``n`` of them). The scorer weighs the
+        latest click heavily (it predicts the next click best on average); the prior keeps the categories the
+        history stands for in the list. Items without a category, and empty histories, are unchanged."""
+        if self.stability <= 0 or not len(cands):
+            return logits
+        cat_c = self.info.lookup(cands)[0][..., 0]  # [G, C]
+        cat_s = self.info.lookup(groups.seq)[0][..., 0]  # [G, S]
+        n = (groups.seq >= 0).sum(1, keepdims=True)
+        n_c = (cat_c[:, :, None] == np.where(cat_s >= 0, cat_s, -2)[:, None, :]).sum(-1)
+        prior = np.log((n_c + 1.0) / (n + 1.0))
+        return logits + (self.stability * np.where(cat_c >= 0, prior, 0.0)).astype(logits.dtype)
 
     def _score(self, histories, k: int, excludes: list[np.ndarray] | None) -> list[Recommendation]:
         G = len(histories)

@@ -28,15 +28,26 @@ import numpy as np
 import torch
 
 from pi2i.config import Config
-from pi2i.contracts import ITEMS_FILE, join, makedirs, read_json, read_parquet, write_json, write_parquet
+from pi2i.contracts import (
+    ITEMS_FILE,
+    exists,
+    join,
+    makedirs,
+    read_json,
+    read_parquet,
+    write_json,
+    write_parquet,
+)
 from pi2i.prs.io import copy_file, read_bytes
 from pi2i.prs.io import uri as _uri
 from pi2i.prs.model import PRSModel, Vocab, positive_rank, softmax_loss, to_tensors
-from pi2i.prs.sampling import HISTORIES_FILE, POPULARITY_FILE, SampleSet
+from pi2i.prs.sampling import HISTORIES_FILE, I2I_FILE, POPULARITY_FILE, SampleSet
 
 CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, METRICS_FILE = (
     "config.json", "model.safetensors", "vocab.parquet", "train_metrics.json")
 HISTORY_FILE = "history.json"
+STATS_FILE = "train_stats.json"
+MODEL_FORMAT = "pi2i-prs/2"  # 2: the log_popularity cross feature  # the contract: samples_per_s, val_hr10
 VAL_MAX_SAMPLES = 5000
 NORM_FIT_SAMPLES = 2048
 
@@ -183,6 +194,9 @@ def _train_loop(config: dict) -> None:
         for bi, (idx, b) in enumerate(batches(ss, idx_batches, vocab, cfg, device)):
             tuner.before()
             loss = softmax_loss(net(b))
+            if not torch.isfinite(loss):
+                raise ValueError(f"non-finite training loss at epoch {epoch + 1} batch {bi + 1}: NaN/inf in the "
+                                 f"features of samples {idx[:5].tolist()}... (check the i2i scores and times)")
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -228,9 +242,11 @@ def train(samples_dir: str, out_dir: str, cfg: Config, progress: bool = True) ->
     from pi2i.prs.launch import cleanup_local_checkpoints, run_ray_train
 
     t0 = time.perf_counter()
+    check_out_dir(out_dir)
     ss = SampleSet(samples_dir)
     if len(ss) == 0:
         raise ValueError(f"no training samples in {samples_dir}")
+    check_samples(ss, samples_dir)
     tc = cfg.train
     train_idx, val_idx = split_samples(ss, tc.val_fraction, tc.seed)
     # vocabulary from the clicks of the training users only
@@ -248,7 +264,13 @@ def train(samples_dir: str, out_dir: str, cfg: Config, progress: bool = True) ->
 
     loop_cfg = {"cfg": cfg.model_dump(), "samples_uri": _uri(samples_dir), "vocab_uri": _uri(vocab_path),
                 "vocab_sizes": vocab.sizes, "progress": progress}
-    result = run_ray_train(_train_loop, loop_cfg, cfg, "prs")
+    try:
+        result = run_ray_train(_train_loop, loop_cfg, cfg, "prs")
+    except Exception as e:  # Ray wraps the loop's errors: surface a bad-input one as the one line it is
+        cause = _user_error(e)
+        if cause is not None:
+            raise ValueError(str(cause)) from None
+        raise
     if result.checkpoint is None:
         raise RuntimeError("training reported no checkpoint")
     with result.checkpoint.as_directory() as d:
@@ -257,7 +279,7 @@ def train(samples_dir: str, out_dir: str, cfg: Config, progress: bool = True) ->
     cleanup_local_checkpoints()
     best = min(history, key=lambda m: m["val_loss"])
     model_meta = {
-        "format": "pi2i-prs/1", "config": cfg.model_dump(), "vocab_sizes": vocab.sizes,
+        "format": MODEL_FORMAT, "config": cfg.model_dump(), "vocab_sizes": vocab.sizes,
         "num_triggers": cfg.sampling.num_triggers, "seq_len": cfg.sampling.seq_len,
         "max_trigger_hits": cfg.model.max_trigger_hits, "dedup_consecutive": cfg.sampling.dedup_consecutive,
         "samples_dir": _uri(samples_dir),
@@ -271,17 +293,79 @@ def train(samples_dir: str, out_dir: str, cfg: Config, progress: bool = True) ->
         "stopped_early": len(history) < tc.epochs,
     }
     write_json(metrics, join(out_dir, METRICS_FILE))
+    write_json({"samples_per_s": best.get("train_samples_per_s"), "val_hr10": best["val_hr10"],
+                "val_hr1": best["val_hr1"], "val_mrr": best["val_mrr"], "val_loss": best["val_loss"],
+                "epochs_run": len(history), "best_epoch": best["epoch"], "train_samples": len(train_idx),
+                "seconds": metrics["seconds"],
+                "samples_per_s_by_epoch": [m.get("train_samples_per_s") for m in history]},
+               join(out_dir, STATS_FILE))
+    from pi2i.methods.manifest import save_manifest
+
+    save_manifest(out_dir, "pi2i", cfg)
     if progress:
         print(f"[train] best epoch {best['epoch']}: val_loss {best['val_loss']:.4f} val_hr10 {best['val_hr10']:.4f}"
               f" -> {out_dir}", flush=True)
     return metrics
 
 
+def _user_error(e: BaseException | None) -> ValueError | None:
+    """The ValueError in ``e``'s chain of causes or among its worker failures (Ray wraps loop errors)."""
+    todo, seen = [e], 0
+    while todo and seen < 20:
+        x = todo.pop()
+        seen += 1
+        if x is None:
+            continue
+        if isinstance(x, ValueError):
+            return x
+        todo += [x.__cause__, x.__context__, getattr(x, "cause", None)]
+        failures = getattr(x, "worker_failures", None)
+        if isinstance(failures, dict):
+            todo += list(failures.values())
+    return None
+
+
+def check_out_dir(out_dir: str) -> None:
+    """Refuse to overwrite a model directory of another method."""
+    from pi2i.methods.base import METHOD_FILE
+
+    uri = join(out_dir, METHOD_FILE)
+    if exists(uri):
+        method = (read_json(uri) or {}).get("method")
+        if method != "pi2i":
+            raise ValueError(f"--out {out_dir} holds a {method} model; train pi2i into another directory")
+
+
+def check_samples(ss: SampleSet, samples_dir: str) -> None:
+    """Inputs the features are computed from must be finite: i2i scores, ranks >= 1, click times."""
+    lk = ss.lookup
+    if not np.isfinite(lk.s_scores).all():
+        raise ValueError(f"{samples_dir}/{I2I_FILE}: {int((~np.isfinite(lk.s_scores)).sum())} non-finite i2i "
+                         f"scores (NaN/inf) would make NaN features; rebuild the i2i index")
+    if len(lk.s_ranks) and lk.s_ranks.min() < 1:
+        raise ValueError(f"{samples_dir}/{I2I_FILE}: i2i ranks must be >= 1 (found {int(lk.s_ranks.min())})")
+    cands = np.asarray(ss.cands)
+    if cands.ndim != 2 or (len(cands) and (cands[:, 0] < 0).any()):
+        raise ValueError(f"{samples_dir}: samples without a positive in slot 0 (not a samples directory of "
+                         f"this version?)")
+
+
 def load_model(model_dir: str) -> tuple[PRSModel, Config, dict]:
     """(model in eval mode, config, config.json contents) of a model directory."""
     from safetensors.torch import load as load_bytes
 
+    from pi2i.methods.base import METHOD_FILE
+
+    if exists(join(model_dir, METHOD_FILE)):
+        method = (read_json(join(model_dir, METHOD_FILE)) or {}).get("method")
+        if method != "pi2i":
+            raise ValueError(f"{model_dir} holds a {method} model, not a pi2i one")
+    if not exists(join(model_dir, CONFIG_FILE)) or not exists(join(model_dir, WEIGHTS_FILE)):
+        raise ValueError(f"{model_dir} is not a pi2i model directory (no {CONFIG_FILE} / {WEIGHTS_FILE})")
     meta = read_json(join(model_dir, CONFIG_FILE))
+    if meta.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{model_dir} holds a pi2i model of format {meta.get('format')!r}; this code reads "
+                         f"{MODEL_FORMAT!r}: retrain it")
     cfg = Config.model_validate(meta["config"])
     model = build_model(cfg, meta["vocab_sizes"])
     model.load_state_dict(load_bytes(read_bytes(join(model_dir, WEIGHTS_FILE))))

@@ -206,6 +206,17 @@ class _LeaseInfo:
     expires: float
 
 
+@functools.lru_cache(maxsize=1)
+def _host_id() -> str:
+    """This host *and* PID namespace: a pid is only meaningful inside its namespace (containers of one pod share
+    a hostname, not pids)."""
+    try:
+        ns = f"/pidns{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        ns = ""
+    return socket.gethostname() + ns
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -237,7 +248,7 @@ def _read_lease(fs: pafs.FileSystem, path: str) -> _LeaseInfo | None:
 def _abandoned(lease: _LeaseInfo) -> bool:
     if time.time() > lease.expires:
         return True
-    return lease.host == socket.gethostname() and lease.pid > 0 and not _pid_alive(lease.pid)
+    return lease.host == _host_id() and lease.pid > 0 and not _pid_alive(lease.pid)
 
 
 def _try_create(fs: pafs.FileSystem, path: str, data: bytes) -> bool:
@@ -289,11 +300,11 @@ def _lease(registry: str, op: str, wait_s: float | None = None) -> Iterator[None
     fs, root = _root(registry)
     fs.create_dir(root, recursive=True)
     path = _j(root, LOCK_FILE)
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+    owner = f"{_host_id()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
     deadline = time.monotonic() + wait_s
     delay = 0.002
     while True:
-        body = json.dumps({"owner": owner, "host": socket.gethostname(), "pid": os.getpid(), "op": op,
+        body = json.dumps({"owner": owner, "host": _host_id(), "pid": os.getpid(), "op": op,
                            "by": actor(), "expires": time.time() + LEASE_TTL_S}).encode()
         if _try_create(fs, path, body):
             break
@@ -505,7 +516,7 @@ def _staging(root: str) -> Iterator[str]:
     try:
         if fcntl is not None:
             fcntl.flock(fd, fcntl.LOCK_EX)
-        os.write(fd, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "by": actor()}).encode())
+        os.write(fd, json.dumps({"host": _host_id(), "pid": os.getpid(), "by": actor()}).encode())
         os.mkdir(staging)
         try:
             yield staging

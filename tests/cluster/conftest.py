@@ -85,6 +85,16 @@ def _wait_http(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     raise RuntimeError(f"no answer from {url} after {timeout:.0f}s")
 
 
+_KILL_WITH_PARENT = """
+import os, signal, sys, time
+parent, child = int(sys.argv[1]), int(sys.argv[2])
+while os.path.exists(f"/proc/{parent}") and os.path.exists(f"/proc/{child}"):
+    time.sleep(1)
+if os.path.exists(f"/proc/{child}"):
+    os.kill(child, signal.SIGKILL)
+"""
+
+
 @pytest.fixture(scope="session")
 def s3_store(tmp_path_factory) -> Iterator[S3Store]:
     exe = shutil.which("moto_server", path=str(BIN)) or shutil.which("moto_server")
@@ -95,6 +105,9 @@ def s3_store(tmp_path_factory) -> Iterator[S3Store]:
     with open(log, "wb") as out:
         proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
     endpoint = f"http://127.0.0.1:{port}"
+    # the server never outlives the session, even one killed without its teardown
+    subprocess.Popen([sys.executable, "-c", _KILL_WITH_PARENT, str(os.getpid()), str(proc.pid)],
+                     start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_http(endpoint + "/", proc)
         env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "pi2i-test", "AWS_SECRET_ACCESS_KEY":
@@ -164,7 +177,8 @@ while os.path.exists(f"/proc/{parent}") and all(os.path.isdir(r) for r in roots)
 def _spawn_reaper(roots: list[str]) -> subprocess.Popen:
     code = _REAPER + "\n" + "\n".join([
         "import contextlib, signal", "from pathlib import Path",
-        _source(_pids_under), _source(_stop_nodes), "_stop_nodes(roots)"])
+        _source(_pids_under), _source(_stop_nodes), "_stop_nodes(roots)",
+        "import shutil", "for r in roots: shutil.rmtree(r, ignore_errors=True)"])
     return subprocess.Popen([sys.executable, "-c", code, str(os.getpid()), *roots], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 

@@ -1,15 +1,21 @@
 """The Ray steps on a real two-node Ray cluster (``ray start --head`` + ``ray start --address``), with every
 input and output in an S3-compatible object store on loopback: what a KubeRay RayJob does on a cluster.
 
-* Swing ``--workers 2`` through ``RAY_ADDRESS`` is bit-identical to the single-process build;
-* Ray Train with ``train.num_workers = 2`` (one worker per node) reads its samples from ``s3://`` and reaches
-  the validation HR of the in-process run within noise.
+* Swing ``--workers 2`` through ``RAY_ADDRESS`` is bit-identical to the single-process build, run from the CLI
+  and as the swing step's RayJob entrypoint;
+* Ray Train with ``train.num_workers = 2`` (one worker per node), run as the train step's RayJob entrypoint,
+  reads its samples from ``s3://`` and reaches the validation HR of the in-process run within noise;
+* object-store failures are one-line errors (exit 2).
+
+No API server exists here: :func:`kuberay_submitter` stands in for KubeRay's part (schema check, then the
+entrypoint as the driver on the cluster); everything below it is real.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +28,7 @@ from pi2i import contracts
 
 pytestmark = pytest.mark.cluster
 PI2I = str(Path(sys.executable).with_name("pi2i"))
+RAYJOB_SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "k8s" / "schemas" / "rayjob-v1.json").read_text())
 
 
 def pi2i(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -29,6 +36,20 @@ def pi2i(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
                          check=False)
     assert out.returncode == 0, f"pi2i {' '.join(args)} -> {out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     return out
+
+
+def kuberay_submitter(manifest: dict) -> dict:
+    """What KubeRay does with a RayJob, minus the pods: check it against our ray.io/v1 schema, then run its
+    entrypoint as the driver on the Ray cluster (``RAY_ADDRESS``), as the submitter's ``ray job submit`` would."""
+    import jsonschema
+
+    jsonschema.Draft202012Validator(RAYJOB_SCHEMA).validate(manifest)
+    argv = shlex.split(manifest["spec"]["entrypoint"])
+    assert not [a for a in argv if a.startswith(("/", "file:"))], argv  # nothing only this machine can read
+    out = subprocess.run([PI2I, *argv[1:]], capture_output=True, text=True, timeout=900, env=os.environ.copy(),
+                         check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return {"jobStatus": "SUCCEEDED", "jobDeploymentStatus": "Complete"}
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +89,11 @@ def test_swing_two_workers_on_two_nodes_is_bit_identical(ray_env, s3_store, tiny
     assert got.equals(want)  # bit-identical: same rows, same float32 scores, same ranks
 
 
+TRAIN = {"epochs": 2, "max_batches_per_epoch": 0, "seed": 0}
+
+
 def _train(samples: str, out: str, num_workers: int, storage: str, tmp_path: Path) -> dict:
-    cfg = {"train": {"num_workers": num_workers, "epochs": 2, "max_batches_per_epoch": 0, "seed": 0,
-                     "storage_path": storage}}
+    cfg = {"train": {**TRAIN, "num_workers": num_workers, "storage_path": storage}}
     cfg_path = tmp_path / f"train-{num_workers}.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))
     pi2i("train", "--samples", samples, "--out", out, "--config", str(cfg_path))
@@ -78,8 +101,10 @@ def _train(samples: str, out: str, num_workers: int, storage: str, tmp_path: Pat
 
 
 def test_ray_train_two_workers_reads_samples_from_the_object_store(ray_env, s3_store, tiny_data, tmp_path):
-    """Samples are written to s3:// and nowhere else; 2 Ray Train workers (one per node, 1 CPU each) train from
-    them and checkpoint to s3://; the validation HR matches the in-process run within noise."""
+    """Samples are written to s3:// and nowhere else; the train step's RayJob runs 2 Ray Train workers (one per
+    node, 1 CPU each) that read them and checkpoint to s3://; the validation HR matches the in-process run
+    within noise."""
+    from components._common import run_ray_step
     from pi2i.config import SwingConfig
     from pi2i.ibs.swing import run_swing
 
@@ -92,7 +117,14 @@ def test_ray_train_two_workers_reads_samples_from_the_object_store(ray_env, s3_s
     assert not contracts.is_local(samples)
 
     ref = _train(samples, str(tmp_path / "model-0"), 0, str(tmp_path / "ckpt"), tmp_path)
-    got = _train(samples, s3_store.uri("train", "model-2"), 2, s3_store.uri("train", "ckpt"), tmp_path)
+    # the train step as the pipeline runs it with compute='rayjob': `pi2i prs train` as the RayJob's
+    # entrypoint, config staged in s3://, model written to s3:// and copied into the step's artifact dir
+    staging, artifact = s3_store.uri("train", "model-2"), tmp_path / "artifact"
+    run_ray_step("train", "rayjob", lambda: pytest.fail("must not run in-process"),
+                 ["pi2i", "prs", "train", "--samples", samples, "--out", staging, "--config", "{config}"],
+                 staging, str(artifact), "pi2i", "run-1", runner=kuberay_submitter, gpus_per_worker=0,
+                 config={"train": {**TRAIN, "num_workers": 2, "storage_path": s3_store.uri("train", "ckpt")}})
+    got = contracts.read_json(str(artifact / "train_metrics.json"))
     # 2 workers x 1 CPU on a cluster of two 1-CPU nodes: one worker per node
     assert got["num_workers"] == 2 and ref["num_workers"] == 0
     hr_ref, hr_got = _val_hr(ref), _val_hr(got)
@@ -158,33 +190,20 @@ def test_swing_step_as_a_rayjob_entrypoint_on_the_cluster(ray_env, s3_store, tin
     (RAY_ADDRESS), the node environment carrying the object-store credentials — reading the training events,
     the staged config and writing the index all in s3://; the step then copies the output into the KFP
     artifact dir. Equal to the in-process build."""
-    import shlex
-
-    import jsonschema
-
     from components._common import run_ray_step
     from pi2i.config import SwingConfig
     from pi2i.ibs.swing import run_swing
 
-    schema = json.loads((Path(__file__).resolve().parents[2] / "k8s" / "schemas" / "rayjob-v1.json").read_text())
     train_uri, staging = s3_store.uri("rayjob", "train"), s3_store.uri("rayjob", "staging", "run-1", "swing")
     contracts.copy_tree(str(tiny_data), train_uri)
-
-    def submitter(manifest: dict) -> dict:
-        jsonschema.Draft202012Validator(schema).validate(manifest)
-        argv = shlex.split(manifest["spec"]["entrypoint"])
-        assert all(contracts.is_uri(a) for a in argv if a.startswith(("s3:", "/")))  # no driver-local paths
-        out = subprocess.run([PI2I, *argv[1:]], capture_output=True, text=True, timeout=600, env=os.environ.copy(),
-                             check=False)
-        assert out.returncode == 0, out.stderr[-3000:]
-        return {"jobStatus": "SUCCEEDED", "jobDeploymentStatus": "Complete"}
 
     artifact = tmp_path / "artifact"
     status = run_ray_step(
         "swing", "rayjob", lambda: pytest.fail("must not run in-process"),
         ["pi2i", "swing", "--events", contracts.join(train_uri, "events.parquet"),
          "--out", contracts.join(staging, "i2i_table.parquet"), "--config", "{config}", "--no-progress"],
-        staging, str(artifact), "pi2i", "run-1", config={"swing": {"top_t": 200, "workers": 2}}, runner=submitter)
+        staging, str(artifact), "pi2i", "run-1", config={"swing": {"top_t": 200, "workers": 2}},
+        runner=kuberay_submitter)
     assert status["jobStatus"] == "SUCCEEDED"
     assert contracts.read_json(contracts.join(staging, "i2i_table.parquet.stats.json"))["workers"] == 2
 
