@@ -280,6 +280,29 @@ def start_server(registry: str, root: Path) -> tuple[subprocess.Popen, int]:
     raise RuntimeError((root / "server.log").read_text()[-3000:])
 
 
+def server_cpu_s(proc: subprocess.Popen) -> float:
+    """User+system CPU seconds of the server's process tree: CPU per request is the load-independent number
+    (latency percentiles on a shared machine measure the neighbours as much as the server)."""
+    import psutil
+
+    root = psutil.Process(proc.pid)
+    total = 0.0
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def _with_cpu(proc: subprocess.Popen, run) -> dict:
+    c0 = server_cpu_s(proc)
+    out = run()
+    out["server_cpu_ms_per_req"] = round((server_cpu_s(proc) - c0) * 1000 / max(out["requests"], 1), 3)
+    return out
+
+
 def stop_server(proc: subprocess.Popen) -> None:
     os.killpg(proc.pid, signal.SIGTERM)
     try:
@@ -319,9 +342,10 @@ def main() -> None:
             c.close()
 
         asyncio.run(warm())
-        res["cached_sequential"] = asyncio.run(closed_loop(port, users, 1, args.duration / 2))
-        res["cached_closed_loop"] = asyncio.run(closed_loop(port, users, args.concurrency, args.duration))
-        res["cached_open_loop"] = asyncio.run(open_loop(port, users, args.rate, args.duration))
+        res["cached_sequential"] = _with_cpu(proc, lambda: asyncio.run(closed_loop(port, users, 1, args.duration / 2)))
+        res["cached_closed_loop"] = _with_cpu(
+            proc, lambda: asyncio.run(closed_loop(port, users, args.concurrency, args.duration)))
+        res["cached_open_loop"] = _with_cpu(proc, lambda: asyncio.run(open_loop(port, users, args.rate, args.duration)))
         res["click_to_fresh"] = asyncio.run(click_to_fresh(port, int(info["items"][0]), 20, 50_000_000))
         # miss path on the wide table (hot-swapped in)
         reg.promote(registry, info["wide"])

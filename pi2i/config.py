@@ -101,7 +101,10 @@ class TrainConfig(_Section):
     storage_path: str | None = Field(None, description="Ray Train checkpoints/results; None = a temp dir")
     max_batches_per_epoch: int = Field(
         200, ge=0, description="cap on batches per epoch (CPU-sized default); 0 = the whole set (use on a GPU cluster)")
-    torch_threads: int = Field(0, ge=0, description="intra-op threads per worker; 0 = torch's default")
+    torch_threads: int = Field(0, ge=0, description="intra-op threads per worker; 0 = chosen from measured step "
+                                                    "times within the CPU quota")
+    logq_correction: bool = Field(True, description="sampled softmax with logQ correction: subtract each "
+                                                    "candidate's log draw probability from its training logit")
     seed: int = 0
 
 
@@ -171,12 +174,15 @@ class EaseConfig(_Section):
 
 class PDNConfig(_Section):
     embed_dim: int = Field(16, ge=2, description="per one-hot feature; a field is the concat of its features")
-    hidden: list[int] = Field(default_factory=lambda: [64, 32], min_length=1, description="TrigNet/SimNet MLPs")
+    hidden: list[int] = Field(default_factory=lambda: [32, 16], min_length=1, description="TrigNet/SimNet MLPs")
     direct_dim: int = Field(32, ge=2, description="k: width of p_u and q_i of the direct net (Eq. 11)")
     direct_net: bool = Field(True, description="ablation switch: False drops the direct path (Eq. 11)")
     bias_net: bool = Field(True, description="ablation switch: False drops the training-only bias net (Eq. 12)")
-    loss: Literal["bce", "softmax"] = Field("bce", description="bce: Eq. 13 per candidate (paper); softmax: "
+    loss: Literal["bce", "softmax"] = Field("softmax", description="bce: Eq. 13 per candidate (paper); softmax: "
                                             "cross-entropy of the positive against its negatives (as PI2I)")
+    negatives: int = Field(40, ge=0, description="negatives kept per sample (hard:easy ratio kept); 0 = all")
+    max_batches_per_epoch: int = Field(60, ge=0, description="PDN's cap (train.* gives epochs, batch size); "
+                                       "0 = train.max_batches_per_epoch")
     score_buckets: int = Field(32, ge=2, description="quantile buckets of the Swing score in c_ji")
     vocab_min_count: int = Field(2, ge=1, description="items clicked fewer times share the OOV id embedding")
     top_m: int = Field(20, ge=1, description="§5.1 step 2: triggers kept by TrigNet at retrieval")

@@ -4,9 +4,12 @@ Every component runs as a subprocess of the current Python (``SubprocessRunner(u
 project's environment plays the role of the project image), artifacts land under ``<work_dir>/pipeline_root``.
 """
 
+import contextlib
 import datetime as dt
 import json
 import os
+import re
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,33 @@ def default_feature_repo() -> str:
     """The Feast repository template of this checkout (``feature_repo/``), or '' (skip Feast) if absent."""
     repo = REPO_ROOT / "feature_repo"
     return str(repo) if (repo / "definitions.py").exists() else ""
+
+
+#: Component output lines echoed to the terminal (progress); everything else (the KFP executor's input/output
+#: JSON dumps, library logs) goes only to the run's log file.
+PROGRESS = re.compile(r"^\s*(\[(train|evaluate|eval|swing|samples|split|ingest|augment|publish|deploy|features|"
+                      r"pipeline)[^\]]*\]|gate:|samples:|evaluating |live version|error|Error|Traceback)")
+
+
+class _ProgressTee:
+    """A stdout stand-in for the KFP local runner: every line to ``log``, progress lines also to ``echo``."""
+
+    def __init__(self, log, echo):
+        self.log, self.echo, self.buf = log, echo, ""
+
+    def write(self, text: str) -> int:
+        self.log.write(text)
+        self.buf += text
+        while "\n" in self.buf:
+            line, self.buf = self.buf.split("\n", 1)
+            if PROGRESS.search(line):
+                self.echo.write(line + "\n")
+                self.echo.flush()
+        return len(text)
+
+    def flush(self) -> None:
+        self.log.flush()
+        self.echo.flush()
 
 
 def run_local(data_uri: str, registry_uri: str, work_dir: str, run_date: str | None = None,
@@ -58,9 +88,16 @@ def run_local(data_uri: str, registry_uri: str, work_dir: str, run_date: str | N
         warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
         # cpu/memory/accelerator requests are for the cluster; locally the machine is what it is
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
-        pi2i_daily(run_date=run_date, data_uri=data_uri, registry_uri=registry_uri, config=config or {},
-                   feature_repo=default_feature_repo() if feature_repo is None else feature_repo,
-                   service_url=service_url)
+        log_path = work / f"pipeline-{run_date}.log"
+        print(f"[pipeline] running pi2i-daily {run_date}; component logs: {log_path}", file=sys.stderr)
+        try:
+            with open(log_path, "a") as log, contextlib.redirect_stdout(_ProgressTee(log, sys.stderr)):
+                pi2i_daily(run_date=run_date, data_uri=data_uri, registry_uri=registry_uri, config=config or {},
+                           feature_repo=default_feature_repo() if feature_repo is None else feature_repo,
+                           service_url=service_url)
+        except Exception:
+            print(f"[pipeline] a step failed; its full output is in {log_path}", file=sys.stderr)
+            raise
     after = registry.current(registry_uri)
     runs = sorted(set(root.glob("pi2i-daily-*")) - before_runs)
     run_dir = runs[-1] if runs else None
@@ -68,4 +105,5 @@ def run_local(data_uri: str, registry_uri: str, work_dir: str, run_date: str | N
     if run_dir is not None and (run_dir / "evaluate" / "report" / "metrics.json").exists():
         gate = json.loads((run_dir / "evaluate" / "report" / "metrics.json").read_text()).get("gate")
     return {"run_date": run_date, "live_before": before, "live": after, "new_version": after != before,
-            "gate": gate, "run_dir": str(run_dir) if run_dir else None, "registry": registry_uri}
+            "gate": gate, "run_dir": str(run_dir) if run_dir else None, "registry": registry_uri,
+            "log": str(log_path)}

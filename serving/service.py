@@ -14,6 +14,7 @@ which is the contract: strict JSON bodies (unknown fields, wrong types, ``"no"``
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import hmac
 import json
@@ -404,7 +405,7 @@ class Guard:
         size = 0
         self.readers += 1
         try:
-            with anyio.fail_after(self.cfg.body_timeout_s):
+            async with asyncio.timeout(self.cfg.body_timeout_s):  # lighter than an anyio cancel scope
                 more = True
                 while more:
                     msg = await receive()
@@ -540,11 +541,12 @@ def _declare(doc: dict[str, Any]) -> None:
 
 
 class _OneLineClientErrors(logging.Filter):
-    """BentoML logs every refused request with a traceback; a client error is one line, without it."""
+    """BentoML logs every refused request with a traceback; a client error or a refusal of ours (404, 409, 429,
+    503 not ready) is one line, without it. Anything else keeps its traceback."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
-        client = isinstance(exc, ValidationError) or (
+        client = isinstance(exc, (ValidationError, PI2IError)) or (
             isinstance(exc, BentoMLException) and exc.error_code.value < 500)
         if client:
             record.msg = f"{record.getMessage()}: {type(exc).__name__}: " + str(exc).replace("\n", " ")[:300]

@@ -11,15 +11,15 @@ import pyarrow as pa
 import pytest
 import torch
 
-from pi2i.prs.candidates import RowLookup, candidate_union, featurize, serving_groups
 from pi2i.config import Config
 from pi2i.contracts import read_parquet
+from pi2i.data.synthetic import generate, generate_preset
 from pi2i.ibs.i2i import I2IIndex
+from pi2i.ibs.swing import run_swing
+from pi2i.prs.candidates import RowLookup, candidate_union, featurize, serving_groups
 from pi2i.prs.model import PAD, PRSModel, Vocab, positive_rank, softmax_loss, to_tensors
 from pi2i.prs.sampling import SampleSet, build_samples
 from pi2i.prs.scoring import Recommendation, Scorer
-from pi2i.ibs.swing import run_swing
-from pi2i.data.synthetic import generate, generate_preset
 
 
 def _cfg(**train) -> Config:
@@ -103,6 +103,42 @@ def test_samples_follow_the_trigger_target_rules(tiny):
         assert n_hard == len(hard) or len(pos_rows) - 1 <= n_hard  # hard negatives: rows of positive triggers
         # the most recent trigger is the last distinct click before the target
         assert trig[0] == clicks.items[ss.pos[i] - 1]
+        # logQ: log of each candidate's draw chance, min(1, rate_P·hits_P + rate_E·hits_E) (brute force here)
+        other = [t for t in trig if t not in pos_trig]
+        tot_p, tot_e = sum(len(rows[t]) for t in pos_trig), sum(len(rows[t]) for t in other)
+        n_neg = int((c[1:] >= 0).sum())
+        for slot in np.flatnonzero(c >= 0):
+            x = c[slot]
+            hp, he = sum(x in rows[t] for t in pos_trig), sum(x in rows[t] for t in other)
+            assert hp + he >= 1
+            if slot == 0:
+                assert hp >= 1
+            q = np.exp(ss.logq[i, slot])
+            assert 0.0 < q <= 1.0 + 1e-6
+            assert q <= min(1.0, n_neg * (hp / max(tot_p, 1) + he / max(tot_e, 1))) + 1e-5
+        assert (ss.logq[i][c < 0] == 0).all()
+
+
+def test_empty_negative_slots_are_filled_and_popularity_is_a_feature(tiny, tmp_path):
+    cfg, data, i2i, samples = tiny
+    stats = json.loads(Path(samples, "stats.json").read_text())
+    cfg2 = cfg.model_copy(deep=True)
+    cfg2.sampling.fill_negatives = False
+    off = build_samples(os.path.join(data, "events.parquet"), i2i, str(tmp_path / "nofill"), cfg2)
+    assert off["mean_fill_negatives"] == 0.0 and stats["mean_fill_negatives"] > 0.0
+    assert stats["mean_candidates"] > off["mean_candidates"]
+    assert stats["mean_candidates"] == pytest.approx(1 + stats["mean_hard_negatives"] + stats["mean_easy_negatives"]
+                                                     + stats["mean_fill_negatives"])
+    # the cross feature log_popularity is log(1 + training clicks) of the candidate
+    ss = SampleSet(samples)
+    pop = read_parquet(os.path.join(samples, "popularity.parquet")).to_pandas().set_index("item_id")["count"]
+    feat = ss.features(np.arange(20), cfg.sampling.num_triggers, cfg.sampling.seq_len, cfg.model.max_trigger_hits)
+    from pi2i.prs.candidates import CROSS_FEATURES
+
+    j = CROSS_FEATURES.index("log_popularity")
+    c = feat.cands
+    want = np.where(c >= 0, np.log1p(pop.reindex(c.ravel()).fillna(0).to_numpy().reshape(c.shape)), 0.0)
+    assert np.allclose(feat.cross[..., j], want, atol=1e-5)
 
 
 def test_sampling_is_seeded(tiny, tmp_path):

@@ -576,6 +576,16 @@ def test_redis_cache_then_redis_killed(built, redis_server, tmp_path: Path) -> N
             assert r.status_code == 200 and r.json()["source"] == "computed", r.text
             assert r.json()["items"] == first["items"]
         assert srv.version()["cache"]["rejected"] == 3
+        # a correctly signed value naming items the version does not know is not served either
+        from pi2i.online.runtime import CachedRec, version_cache_key
+
+        sign = version_cache_key(registry, v1)  # no PI2I_CACHE_SECRET: derived from the version's manifest
+        ok = CachedRec.from_bytes(good, sign)
+        evil = CachedRec(ok.fp, np.full_like(ok.items, 987_654_321), ok.scores, ok.trig_indptr, ok.trig_flat,
+                         ok.trig_weight, ok.num_candidates, ok.num_personalized, ok.computed_at)
+        redis_server["client"].set(key, evil.to_bytes(sign))
+        r = srv.post("/recommend", {"user_id": user, "k": 5}).json()
+        assert r["source"] == "computed" and r["items"] == first["items"]
         redis_server["proc"].kill()
         redis_server["proc"].wait(5)
         for i in range(5):

@@ -202,7 +202,7 @@ def demo_cmd(
     if live is None:
         raise UserError(f"the pipeline finished but no version is live in {registry} (gate: "
                         f"{(result.get('gate') or {}).get('reason', '?')}; artifacts in {result['run_dir']})")
-    typer.echo(f"live version: {live}", err=True)
+    typer.echo(f"live version: {live}  (component logs: {result.get('log')})", err=True)
     url = f"http://127.0.0.1:{port}"
     example = (f"curl -s -X POST {url}/recommend -H 'content-type: application/json' "
                f"-d '{{\"user_id\": 1, \"k\": 10}}'")

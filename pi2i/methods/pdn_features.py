@@ -93,34 +93,43 @@ def _context_kernel(items, ts, lo, hi, L, S, trig, count, last_ts, hist, hist_le
         depth[g] = d
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, parallel=True)
 def _paths_kernel(trig_rows, cands, indptr, s_targets, s_scores, s_ranks, count_only, offs,
                   out_g, out_l, out_c, out_score, out_rank, out_row):  # pragma: no cover
-    """For every (group, trigger slot, candidate slot) whose trigger row holds the candidate: one path."""
+    """For every (group, trigger slot, candidate slot) whose trigger row holds the candidate: one path.
+    Per group a merge join of the sorted candidates with each trigger row (sorted by target). The count pass
+    writes ``offs[g + 1]`` = paths of group g; the fill pass writes from ``offs[g]`` (prefix-summed)."""
     G, L = trig_rows.shape
     C = cands.shape[1]
-    for g in range(G):
+    for g in nb.prange(G):
+        order = np.argsort(cands[g])
         k = offs[g]
+        n = 0
         for t in range(L):
             r = trig_rows[g, t]
             if r < 0:
                 continue
-            a, b = indptr[r], indptr[r + 1]
-            for c in range(C):
+            j, b = indptr[r], indptr[r + 1]
+            for q in range(C):
+                c = order[q]
                 x = cands[g, c]
                 if x < 0:
                     continue
-                j = a + np.searchsorted(s_targets[a:b], x)
-                if j < b and s_targets[j] == x:
+                while j < b and s_targets[j] < x:
+                    j += 1
+                if j == b:
+                    break
+                if s_targets[j] == x:
                     if not count_only:
-                        out_g[k] = g
-                        out_l[k] = t
-                        out_c[k] = c
-                        out_score[k] = s_scores[j]
-                        out_rank[k] = s_ranks[j]
-                        out_row[k] = r
-                    k += 1
-        offs[g + 1] = k
+                        out_g[k + n] = g
+                        out_l[k + n] = t
+                        out_c[k + n] = c
+                        out_score[k + n] = s_scores[j]
+                        out_rank[k + n] = s_ranks[j]
+                        out_row[k + n] = r
+                    n += 1
+        if count_only:
+            offs[g + 1] = n
 
 
 # --------------------------------------------------------------------------------------------- featurizer
@@ -322,20 +331,35 @@ class RowIndex:
         ef = np.zeros(0, np.float64)
         _paths_kernel(rows, cands, self.index.indptr, self.s_targets, self.s_scores, self.s_ranks, True, offs,
                       e, e, e, ef, e, e)
+        np.cumsum(offs, out=offs)
         n = int(offs[-1])
         out_g, out_l, out_c, out_rank, out_row = (np.zeros(n, np.int64) for _ in range(5))
         out_score = np.zeros(n, np.float64)
-        offs = np.zeros(G + 1, np.int64)
         _paths_kernel(rows, cands, self.index.indptr, self.s_targets, self.s_scores, self.s_ranks, False, offs,
                       out_g, out_l, out_c, out_score, out_rank, out_row)
         return out_g, out_l, out_c, out_score, out_rank, out_row
 
 
-def sample_batch(ss: Any, feat: Featurizer, rows: RowIndex, idx: np.ndarray) -> PDNBatch:
-    """The groups of samples ``idx``: context = the user's clicks before the target position."""
+def candidate_columns(n_cols: int, hard: int, negatives: int) -> np.ndarray:
+    """Columns of a samples ``cands`` matrix ([positive, hard…, easy…]) to keep: the positive and the first
+    ``negatives`` negatives split in the samples' hard:easy ratio (the sampler draws in random order, so a
+    prefix is a random subset). ``negatives = 0`` keeps every column."""
+    if negatives <= 0 or negatives >= n_cols - 1:
+        return np.arange(n_cols)
+    hard = min(hard, n_cols - 1)
+    n_hard = round(negatives * hard / (n_cols - 1))
+    return np.concatenate([[0], 1 + np.arange(n_hard), 1 + hard + np.arange(negatives - n_hard)]).astype(np.int64)
+
+
+def sample_batch(ss: Any, feat: Featurizer, rows: RowIndex, idx: np.ndarray,
+                 columns: np.ndarray | None = None) -> PDNBatch:
+    """The groups of samples ``idx``: context = the user's clicks before the target position; candidates = the
+    sample's ``columns`` (default all)."""
     idx = np.sort(np.asarray(idx, np.int64))
     u = np.asarray(ss.user[idx]).astype(np.int64)
     ptr = np.asarray(ss.clicks.user_ptr)
+    cands = np.asarray(ss.cands[idx]).astype(np.int64)
+    if columns is not None:
+        cands = cands[:, columns]
     return feat.groups(np.asarray(ss.clicks.items), np.asarray(ss.clicks.ts), ptr[u],
-                       np.asarray(ss.pos[idx]).astype(np.int64), np.asarray(ss.clicks.user_ids)[u],
-                       np.asarray(ss.cands[idx]).astype(np.int64), rows)
+                       np.asarray(ss.pos[idx]).astype(np.int64), np.asarray(ss.clicks.user_ids)[u], cands, rows)

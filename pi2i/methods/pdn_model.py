@@ -32,9 +32,9 @@ from pi2i.contracts import I2I_SCHEMA
 from pi2i.ibs.i2i import I2IIndex
 from pi2i.methods.item_features import ITEM_FIELDS
 from pi2i.methods.learned import EpochTracker, open_samples, user_split
-from pi2i.methods.pdn_features import Featurizer, PDNBatch, RowIndex, sample_batch
+from pi2i.methods.pdn_features import Featurizer, PDNBatch, RowIndex, candidate_columns, sample_batch
 
-VAL_MAX_SAMPLES = 4000
+VAL_MAX_SAMPLES = 2000
 INDEX_CHUNK = 1 << 16
 
 A_FIELDS = ("count", "position", "age", "behavior")
@@ -211,9 +211,10 @@ class PDNModel(nn.Module):
         y = torch.zeros(G * C, dtype=path.dtype).index_add_(0, g * C + c, path).view(G, C)
         if self.direct is not None:
             y = y + F.softplus(self.direct_scores(b))  # (Eq. 12, first term)
+        serve = y  # Eq. 14: what retrieval ranks by
         if with_bias and self.bias is not None:
             y = y + F.softplus(self.bias(b["bias"]))[:, None]  # (Eq. 12, last term; removed at serving)
-        return {"y": y, "t": t, "s": s}
+        return {"y": y, "serve": serve, "t": t, "s": s}
 
 
 def pdn_loss(y: torch.Tensor, valid: torch.Tensor, kind: str) -> torch.Tensor:
@@ -246,8 +247,9 @@ def _evaluate(model: PDNModel, ss: Any, feat: Featurizer, rows: RowIndex, idx: n
             b = sample_batch(ss, feat, rows, idx[s:s + batch_size])
             tb = to_tensors(b)
             valid = tb["cand_items"] >= 0
-            loss = pdn_loss(model(tb)["y"], valid, kind)
-            serve = model(tb, with_bias=False)["y"].masked_fill(~valid, -1.0)
+            out = model(tb)
+            loss = pdn_loss(out["y"], valid, kind)
+            serve = out["serve"].masked_fill(~valid, -1.0)
             rank = (serve[:, 1:] > serve[:, :1]).sum(1)
             out += [len(rank), loss.item() * len(rank), (rank < 1).sum().item(), (rank < 10).sum().item()]
     model.train()
@@ -267,7 +269,8 @@ def pdn_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(tc.seed)
     set_threads(tc.torch_threads or None)
-    ss, _ = open_samples(config["samples_uri"], "pdn")
+    ss, sampling = open_samples(config["samples_uri"], "pdn")
+    columns = candidate_columns(ss.cands.shape[1], int(sampling.get("hard_negatives", 20)), pc.negatives)
     feat = Featurizer.load(config["featurizer_uri"])
     rows = RowIndex.build(I2IIndex.load(config["i2i_uri"]))
     train_idx, val_idx = user_split(np.asarray(ss.clicks.user_ids), np.asarray(ss.user), tc.val_fraction, tc.seed)
@@ -282,15 +285,16 @@ def pdn_loop(config: dict) -> None:
         t0 = time.perf_counter()
         perm = np.random.default_rng([tc.seed, epoch]).permutation(train_idx)
         n_batches = max(1, len(perm) // (tc.batch_size * world))
-        if tc.max_batches_per_epoch:
-            n_batches = min(n_batches, tc.max_batches_per_epoch)
+        cap = pc.max_batches_per_epoch or tc.max_batches_per_epoch
+        if cap:
+            n_batches = min(n_batches, cap)
         mine = perm[rank::world]
         tot, seen = 0.0, 0
         for bi in range(n_batches):
             idx = mine[bi * tc.batch_size:(bi + 1) * tc.batch_size]
             if not len(idx):
                 break
-            tb = to_tensors(sample_batch(ss, feat, rows, idx))
+            tb = to_tensors(sample_batch(ss, feat, rows, idx, columns))
             loss = pdn_loss(net(tb)["y"], tb["cand_items"] >= 0, pc.loss)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -618,8 +618,8 @@ class OnlineRecommender:
         hit = self.cache.get(key, v.cache_key)
         if hit is None or hit.fp != fp or len(hit.items) < k:
             return None
-        if not v.knows_all(hit.items):  # a (shared) cache must never make us serve items this version lacks
-            return None
+        if self.cache.kind != "memory" and not v.knows_all(hit.items):  # a shared cache must never make us
+            return None  # serve items this version lacks (in-process entries are this process's own)
         return hit
 
     def cached(self, user_id: int, k: int, exclude_seen: bool = True) -> dict[str, Any] | None:

@@ -20,6 +20,7 @@ Samples directory layout (all written by :func:`build_samples`)::
     clicks/{user_ids,user_ptr,items,ts}.npy   per-user click sequences (CSR, oldest first, ts in µs)
     samples/{user,pos,cands}.npy              user row, target position in clicks, [N, 1+hard+easy] item ids
                                               (slot 0 = positive, -1 = pad; int32 when ids fit)
+    samples/logq.npy                          [N, 1+hard+easy] float32 log draw probability of each candidate
     i2i.parquet                               the i2i table the samples were drawn from (features need it)
     items.parquet  popularity.parquet  histories.parquet  stats.json  meta.json
 """
@@ -138,7 +139,7 @@ def _draw(rows, use, n_want, target, out, c, state, indptr, s_targets):
 
 @nb.njit(cache=True, parallel=True)
 def _sample_kernel(items, ts, click_rows, pos_lo, pos_t, L, n_hard, n_easy, fill, seed, indptr, s_targets,
-                   cands, npos, nhard, neasy, nfill):
+                   cands, npos, nhard, neasy, nfill, logq):
     for p in nb.prange(len(pos_t)):
         lo, t = pos_lo[p], pos_t[p]
         target = items[t]
@@ -176,6 +177,39 @@ def _sample_kernel(items, ts, click_rows, pos_lo, pos_t, L, n_hard, n_easy, fill
         if fill and c2 < c + n_easy:  # too few other triggers' items: fill the slots from the positive rows
             c3, state = _draw(rows, pos_trig, c + n_easy - c2, target, out, c2, state, indptr, s_targets)
             nfill[p] = c3 - c2
+        # logQ: how likely each candidate (the positive too, as if it were a negative) is to be drawn. Draws are
+        # uniform over the entries of the positive triggers' rows (hard + fill) and of the other rows (easy), so
+        # q(x) ~ min(1, rate_P · hits_P(x) + rate_E · hits_E(x)), hits = rows of that kind holding x.
+        tot_p = 0
+        tot_e = 0
+        for q in range(n):
+            if rows[q] >= 0:
+                ln = indptr[rows[q] + 1] - indptr[rows[q]]
+                if pos_trig[q]:
+                    tot_p += ln
+                else:
+                    tot_e += ln
+        rate_p = (nhard[p] + nfill[p]) / tot_p if tot_p > 0 else 0.0
+        rate_e = neasy[p] / tot_e if tot_e > 0 else 0.0
+        for i in range(len(out)):
+            x = out[i]
+            if x < 0:
+                break
+            hp = 0
+            he = 0
+            for q in range(n):
+                r = rows[q]
+                if r < 0:
+                    continue
+                a, b = indptr[r], indptr[r + 1]
+                j = np.searchsorted(s_targets[a:b], x)
+                if j < b - a and s_targets[a + j] == x:
+                    if pos_trig[q]:
+                        hp += 1
+                    else:
+                        he += 1
+            qx = min(1.0, rate_p * hp + rate_e * he)
+            logq[p, i] = np.log(qx) if qx > 0 else 0.0
 
 
 # --------------------------------------------------------------------------------------------- click data
@@ -276,11 +310,12 @@ def build_samples(events_uri: str, i2i_uri: str, out_dir: str, cfg: Config, item
     nhard = np.zeros(P, np.int32)
     neasy = np.zeros(P, np.int32)
     nfill = np.zeros(P, np.int32)
+    logq = np.zeros((P, C), np.float32)
     click_rows = lookup.rows(clicks.items)
     t1 = time.perf_counter()
     _sample_kernel(clicks.items, clicks.ts, click_rows, pos_lo, pos_t.astype(np.int64), sc.num_triggers,
                    sc.hard_negatives, sc.easy_negatives, sc.fill_negatives, sc.seed, index.indptr,
-                   lookup.s_targets, cands, npos, nhard, neasy, nfill)
+                   lookup.s_targets, cands, npos, nhard, neasy, nfill, logq)
     t_kernel = time.perf_counter() - t1
     keep = npos > 0
     kept = np.flatnonzero(keep)
@@ -296,6 +331,7 @@ def build_samples(events_uri: str, i2i_uri: str, out_dir: str, cfg: Config, item
     if out_c.size and out_c.max() < np.iinfo(np.int32).max:  # halves the largest file when ids fit
         out_c = out_c.astype(np.int32)
     save_npy(out_c, join(sdir, "cands.npy"))
+    save_npy(logq[kept], join(sdir, "logq.npy"))
     clicks.save(join(out_dir, CLICKS_SUBDIR))
     write_parquet(index.to_table(), join(out_dir, I2I_FILE))
     write_parquet(items_table(items_uri, events_uri, clicks), join(out_dir, ITEMS_FILE))
@@ -338,6 +374,9 @@ class SampleSet:
         self.user = load_npy(join(sdir, "user.npy"))
         self.pos = load_npy(join(sdir, "pos.npy"))
         self.cands = load_npy(join(sdir, "cands.npy"))
+        lq = join(sdir, "logq.npy")
+        #: log of each candidate's chance to be drawn (the logQ correction of training); zeros for old samples
+        self.logq = load_npy(lq) if exists(lq) else np.zeros(self.cands.shape, np.float32)
         self.clicks = Clicks.load(join(samples_dir, CLICKS_SUBDIR))
         self.meta = read_json(join(samples_dir, META_FILE))
         self._lookup: RowLookup | None = None

@@ -83,7 +83,12 @@ def batches(ss: SampleSet, index_batches: list[np.ndarray], vocab: Vocab, cfg: C
     kernels release the GIL, so feature assembly overlaps the forward/backward pass instead of adding to it."""
     if not index_batches:
         return
-    make = lambda idx: to_tensors(_features(ss, idx, cfg), vocab, device)
+    def make(idx: np.ndarray) -> dict[str, torch.Tensor]:
+        b = to_tensors(_features(ss, idx, cfg), vocab, device)
+        b["logq"] = torch.from_numpy(np.ascontiguousarray(ss.logq[idx][:, :b["cand"].shape[1]], np.float32)).to(
+            device)
+        return b
+
     with ThreadPoolExecutor(1, thread_name_prefix="pi2i-batches", initializer=_single_thread_numba) as pool:
         fut = pool.submit(make, index_batches[0])
         for i, idx in enumerate(index_batches):
@@ -193,7 +198,8 @@ def _train_loop(config: dict) -> None:
         idx_batches = [i for i in idx_batches if len(i)]
         for bi, (idx, b) in enumerate(batches(ss, idx_batches, vocab, cfg, device)):
             tuner.before()
-            loss = softmax_loss(net(b))
+            logits = net(b)
+            loss = softmax_loss(logits - b["logq"] if tc.logq_correction else logits)
             if not torch.isfinite(loss):
                 raise ValueError(f"non-finite training loss at epoch {epoch + 1} batch {bi + 1}: NaN/inf in the "
                                  f"features of samples {idx[:5].tolist()}... (check the i2i scores and times)")
