@@ -4,7 +4,7 @@ measured side by side in one run.
 
 * data: the ``demo`` synthetic preset, Swing with the default T, default sampling (1 positive + 20 hard + 80 easy
   negatives per sample), the default model; built once into ``--data-dir``.
-* "before": the trainer as committed in git (``git archive HEAD pi2i``, or ``--before-rev``) unpacked into a temp
+* "before": the trainer as committed before issue 13 (``git archive <--before-rev> pi2i``) unpacked into a temp
   dir and run from there; "after": this working tree. Each runs ``--batches`` timed training batches of
   ``--batch-size`` samples (after one warm-up batch) in a fresh subprocess, with its own loop: the old one builds
   features inline with torch's default thread count; the new one prefetches batches on a background thread and
@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+#: The last commit with the trainer as it was before issue 13 (layout commit "pi2i/ grouped by pipeline stage").
+BEFORE_REV = "0016eb85ca6ca9ff215cf54281d51c19224a58f8"
 
 
 # --------------------------------------------------------------------------------------------- worker
@@ -142,7 +144,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "pi2i-train-bench"))
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=256)
-    ap.add_argument("--before-rev", default="HEAD", help="git revision of the 'before' trainer")
+    ap.add_argument("--before-rev", default=BEFORE_REV, help="git revision of the 'before' trainer")
     ap.add_argument("--no-before", action="store_true")
     ap.add_argument("--no-load", action="store_true")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)

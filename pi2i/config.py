@@ -62,6 +62,8 @@ class SamplingConfig(_Section):
     seq_len: int = Field(50, ge=1, description="behaviour sequence length seen by target attention")
     hard_negatives: int = Field(20, ge=0, description="from the rows of the positive triggers (paper: 20)")
     easy_negatives: int = Field(80, ge=0, description="from the rows of the other triggers (paper: 80)")
+    target_horizon: int = Field(1, ge=1, description="the target is one of the next N clicks (1 = the next "
+                                                    "click, the paper); >1 trains for a longer horizon")
     fill_negatives: bool = Field(True, description="fill easy slots the other triggers' rows cannot fill from "
                                                    "the positive triggers' rows (no padded negatives)")
     min_history: int = Field(1, ge=1, description="earliest training position in a user's sequence")
@@ -84,9 +86,10 @@ class ModelConfig(_Section):
     trigger_feature: Literal["multi", "random", "none"] = "multi"
     max_trigger_hits: int = Field(8, ge=1, description="triggers kept in the multi-value feature")
     vocab_min_count: int = Field(2, ge=1, description="items clicked fewer times share the OOV bucket")
-    stability: float = Field(0.0, ge=0.0, le=10.0, description="scoring: + stability * log share of the "
+    stability: float = Field(0.5, ge=0.0, le=10.0, description="scoring: + stability * log share of the "
                              "candidate's category in the user's recent history, so one click does not move "
-                             "every recommendation to its category; 0 = the scorer alone")
+                             "every recommendation to its category; 0 = the scorer alone (0.5: best "
+                             "HR@100 on the demo split, benchmarks/bench_recency.py)")
 
 
 class TrainConfig(_Section):
@@ -181,7 +184,7 @@ class PDNConfig(_Section):
     loss: Literal["bce", "softmax"] = Field("softmax", description="bce: Eq. 13 per candidate (paper); softmax: "
                                             "cross-entropy of the positive against its negatives (as PI2I)")
     negatives: int = Field(40, ge=0, description="negatives kept per sample (hard:easy ratio kept); 0 = all")
-    max_batches_per_epoch: int = Field(60, ge=0, description="PDN's cap (train.* gives epochs, batch size); "
+    max_batches_per_epoch: int = Field(150, ge=0, description="PDN's cap (train.* gives epochs, batch size); "
                                        "0 = train.max_batches_per_epoch")
     score_buckets: int = Field(32, ge=2, description="quantile buckets of the Swing score in c_ji")
     vocab_min_count: int = Field(2, ge=1, description="items clicked fewer times share the OOV id embedding")
@@ -213,7 +216,7 @@ class MTMHConfig(_Section):
     k_ann: int = Field(200, ge=1, description="neighbours per trigger and head from the ANN (§3.5)")
     recency_decay: float = Field(0.9, gt=0, le=1, description="preranker: trigger r (0 = newest) weighs decay^r")
     exact_below: int = Field(1000, ge=0, description="catalogs smaller than this use exact search")
-    nlist: int = Field(0, ge=0, description="IVF k-means clusters; 0 = about 2·sqrt(items)")
+    nlist: int = Field(0, ge=0, description="IVF k-means clusters; 0 = about sqrt(items)")
     nprobe: int = Field(16, ge=1, description="clusters probed per query (C of §3.5)")
 
 

@@ -10,7 +10,7 @@ The config's ``pipeline`` section shapes the DAG at compile time (:func:`build_p
 ``pipeline.augment: true`` adds the LLM-I2I ``augment`` step between split and Swing (Swing then indexes real +
 synthetic rows; samples and evaluation keep the real train split); ``pipeline.methods`` lists the trained
 methods — one ``train`` task each, in parallel (``dsl.ParallelFor``), all evaluated together
-(``dsl.Collected``). ``pipeline_for(config)`` is the function ``kfp.local`` should run for a given config;
+(``dsl.Collected``), the gate method's model (evaluate's ``candidate`` output) published. ``pipeline_for(config)`` is the function ``kfp.local`` should run for a given config;
 ``pi2i_daily`` (and the committed YAML) is the default: no augmentation, ``pi2i`` only.
 """
 
@@ -44,11 +44,15 @@ def build_pipeline(with_augment: bool = False, methods: Sequence[str] = DEFAULT_
     if not methods:
         raise ValueError("pipeline.methods: at least one trained method")
     multi = methods != DEFAULT_METHODS
-    if multi:  # the components' multi-method interface (train --method, evaluate over a collected list)
-        missing = [f"{c.name}.{arg}" for c, arg in ((train, "method"), (evaluate, "models"))
-                   if arg not in c.component_spec.inputs]
-        if missing or (len(methods) > 1 and "models" not in evaluate.component_spec.inputs):
-            raise ValueError(f"pipeline.methods {list(methods)} needs component input(s) {missing}")
+    # the components' multi-method interface: train --method; evaluate/publish over a collected list of models
+    # (KFP 2.17 cannot feed a dsl.Collected list to a task inside dsl.If, so evaluate hands the gate method's
+    # model to publish as its `candidate` output)
+    needs = ([(train, "method")] if multi else []) + ([(evaluate, "models"), (evaluate, "candidate")]
+                                                      if len(methods) > 1 else [])
+    missing = [f"{c.name}.{arg}" for c, arg in needs
+               if arg not in (c.component_spec.inputs or {}) and arg not in (c.component_spec.outputs or {})]
+    if missing:
+        raise ValueError(f"pipeline.methods {list(methods)} needs component input(s) {missing}")
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Daily PI2I retrain: Swing index + scorer, gated release.")
     def pi2i_daily(
@@ -117,16 +121,17 @@ def build_pipeline(with_augment: bool = False, methods: Sequence[str] = DEFAULT_
             if len(methods) == 1:
                 tr = train_task(methods[0] if multi else None)
                 model_args: dict[str, Any] = {"model": tr.outputs["model"]}
-            else:  # one train task per method, in parallel; evaluated (and published) from the collected list
+            else:  # one train task per method, in parallel; evaluated together from the collected list
                 with dsl.ParallelFor(items=list(methods), name="methods") as method:
                     tr = train_task(method)
                 model_args = {"models": dsl.Collected(tr.outputs["model"])}
             ev = evaluate(train=spl.outputs["train"], test=spl.outputs["test"], i2i=sw.outputs["i2i"],
                           config=config, registry_uri=registry_uri, **model_args)
             ev.set_caching_options(False)  # compares against whatever is live now
+            released = model_args["model"] if len(methods) == 1 else ev.outputs["candidate"]
             with dsl.If(ev.outputs["Output"] == True, name="gate-passed"):  # the gate verdict (a KFP condition)
-                pub = publish(i2i=sw.outputs["i2i"], report=ev.outputs["report"], registry_uri=registry_uri,
-                              **model_args)
+                pub = publish(i2i=sw.outputs["i2i"], model=released, report=ev.outputs["report"],
+                              registry_uri=registry_uri)
                 pub.set_caching_options(False)
                 dep = deploy(version=pub.output, registry_uri=registry_uri, target=deploy_target,
                              service_url=service_url, namespace=namespace, deployment=deployment)

@@ -234,8 +234,12 @@ def test_methods_list_needs_the_multi_method_components(tmp_path):
     from components.evaluate.component import evaluate
     from components.train.component import train
 
+    if "method" in train.component_spec.inputs:  # one non-default method: train --method pdn, evaluated alone
+        ir = _compile_for(tmp_path, {"pipeline": {"methods": ["pdn"]}})
+        body = ir["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+        assert body["train"]["inputs"]["parameters"]["method"]["runtimeValue"]["constant"] == "pdn"
     config = {"pipeline": {"methods": ["pi2i", "pdn"]}}
-    if "method" in train.component_spec.inputs and "models" in evaluate.component_spec.inputs:
+    if "models" in evaluate.component_spec.inputs and "candidate" in evaluate.component_spec.outputs:
         ir = _compile_for(tmp_path, config)
         assert any("for-loop" in name for name in ir["components"])
     else:

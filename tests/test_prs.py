@@ -83,6 +83,9 @@ def test_samples_follow_the_trigger_target_rules(tiny):
     lk = RowLookup.build(I2IIndex.load(i2i))
     idx = np.arange(0, len(ss), 7)
     feat = ss.features(idx, cfg.sampling.num_triggers, cfg.sampling.seq_len, cfg.model.max_trigger_hits)
+    featq = ss.features(idx, cfg.sampling.num_triggers, cfg.sampling.seq_len, cfg.model.max_trigger_hits,
+                        with_logq=True)
+    assert np.array_equal(featq.cross, feat.cross)  # the training-only outputs change no feature
     clicks = ss.clicks
     for j, i in enumerate(idx[:60]):
         target = clicks.items[ss.pos[i]]
@@ -105,18 +108,13 @@ def test_samples_follow_the_trigger_target_rules(tiny):
         assert trig[0] == clicks.items[ss.pos[i] - 1]
         # logQ: log of each candidate's draw chance, min(1, rate_P·hits_P + rate_E·hits_E) (brute force here)
         other = [t for t in trig if t not in pos_trig]
-        tot_p, tot_e = sum(len(rows[t]) for t in pos_trig), sum(len(rows[t]) for t in other)
-        n_neg = int((c[1:] >= 0).sum())
+        rate_p, rate_e = (float(r) for r in ss.rates[i])
         for slot in np.flatnonzero(c >= 0):
             x = c[slot]
             hp, he = sum(x in rows[t] for t in pos_trig), sum(x in rows[t] for t in other)
-            assert hp + he >= 1
-            if slot == 0:
-                assert hp >= 1
-            q = np.exp(ss.logq[i, slot])
-            assert 0.0 < q <= 1.0 + 1e-6
-            assert q <= min(1.0, n_neg * (hp / max(tot_p, 1) + he / max(tot_e, 1))) + 1e-5
-        assert (ss.logq[i][c < 0] == 0).all()
+            assert hp >= (1 if slot == 0 else 0) and hp + he >= 1
+            assert np.exp(featq.logq[j, slot]) == pytest.approx(min(1.0, rate_p * hp + rate_e * he), rel=1e-4)
+        assert (featq.logq[j][c < 0] == 0).all()
 
 
 def test_empty_negative_slots_are_filled_and_popularity_is_a_feature(tiny, tmp_path):
@@ -350,6 +348,27 @@ def test_scorer_recommends_with_explanations(trained):
     assert many[0].num_candidates == r.num_candidates
     cold = sc.recommend(np.empty(0, np.int64), np.empty(0, np.int64), k=10)
     assert len(cold.items) == 0 and cold.num_candidates == 0 and len(sc.popularity) > 0
+    # fill_popular: a list shorter than k continues with the most popular unseen items, below every pool item
+    big = len(sc.popularity)
+    full = sc.recommend_many(hist[:3], k=big, fill_popular=True)
+    for rec, short, (seen, _) in zip(full, sc.recommend_many(hist[:3], k=big), hist[:3]):
+        n = len(short.items)
+        assert np.array_equal(rec.items[:n], short.items) and len(rec.items) > n
+        assert not np.isin(rec.items, seen).any() and len(np.unique(rec.items)) == len(rec.items)
+        tail = rec.items[n:]
+        rank = {it: r for r, it in enumerate(sc.popularity.tolist())}
+        assert [rank[i] for i in tail] == sorted(rank[i] for i in tail)
+        assert np.all(np.diff(rec.scores) <= 0) and rec.num_candidates == short.num_candidates
+    # stability: the history's category mix enters the score as stability · log((n_c + 1) / (n + 1))
+    before = sc.stability
+    sc.stability = 0.0
+    base = sc.recommend_many(hist[:5], k=30)
+    sc.stability = 2.0
+    try:
+        moved = sc.recommend_many(hist[:5], k=30)
+    finally:
+        sc.stability = before
+    assert any(not np.array_equal(a.items, b.items) for a, b in zip(base, moved))
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""Train: the target-attention scorer under Ray Train; in-process, or a KubeRay RayJob (GPU workers)."""
+"""Train: a trained retrieval method (``pi2i`` scorer, ``pdn``, ``mtmh``) under Ray Train; in-process, or a KubeRay
+RayJob (GPU workers)."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
@@ -8,8 +9,9 @@ from components.image import PINNED_IMAGE
 
 @dsl.component(base_image=PINNED_IMAGE, install_kfp_package=False)
 def train(samples: Input[Dataset], config: dict, gpus: int, accelerator: str, compute: str, namespace: str,
-          staging_uri: str, run_id: str, model: Output[Model], metrics: Output[Metrics]):
-    """``pi2i.prs.train.train`` on ``samples`` into the self-contained model dir ``model``.
+          staging_uri: str, run_id: str, model: Output[Model], metrics: Output[Metrics], method: str = "pi2i"):
+    """``pi2i train --method METHOD`` on ``samples`` into the self-contained model dir ``model`` (its
+    ``method.json`` records the method).
 
     ``gpus``/``accelerator`` mirror the task's accelerator request (set by the pipeline) so the training loop
     asks Ray Train for GPU workers exactly when the pod has them."""
@@ -23,16 +25,23 @@ def train(samples: Input[Dataset], config: dict, gpus: int, accelerator: str, co
     remote_out = join(staging_uri or "", run_id, "model")
 
     def local():
+        if method != "pi2i":
+            from pi2i.methods import get_method
+            from pi2i.methods.base import TrainInputs
+
+            fitted = get_method(method).fit(TrainInputs(samples_dir=samples.path, extra={"progress": False}), cfg)
+            fitted.save(model.path)
+            return getattr(fitted, "metrics", {})
         from pi2i.prs.train import train as do_train
 
         return do_train(samples.path, model.path, cfg, progress=False)
 
     result = run_ray_step(
         "train", compute, local,
-        ["pi2i", "prs", "train", "--samples", remote_uri(samples.uri), "--out", remote_out,
+        ["pi2i", "prs", "train", "--method", method, "--samples", remote_uri(samples.uri), "--out", remote_out,
          "--config", "{config}"],
         remote_out, model.path, namespace, run_id, config=config, gpus_per_worker=gpus)
     for k, v in flat_metrics(result if compute == "local" else {}).items():
         metrics.log_metric(k, v)
-    model.metadata.update({"framework": "pytorch", "use_gpu": cfg.train.use_gpu,
+    model.metadata.update({"framework": "pytorch", "method": method, "use_gpu": cfg.train.use_gpu,
                            "accelerator": accelerator if gpus > 0 else "cpu"})

@@ -48,6 +48,7 @@ def register(app: typer.Typer) -> None:
     def train_cmd(
         samples: str = typer.Option(..., "--samples", help="samples directory from `pi2i samples`"),
         out: str = typer.Option(..., "--out", help="output model directory"),
+        method: str = typer.Option("pi2i", "--method", help="trained method: pi2i, pdn or mtmh"),
         epochs: int | None = typer.Option(None, "--epochs", help="maximum epochs (early stopping may end sooner)"),
         workers: int | None = typer.Option(None, "--workers", help="Ray Train workers; 0 = in-process"),
         gpu: bool = typer.Option(False, "--gpu", help="use one GPU per Ray Train worker"),
@@ -56,7 +57,8 @@ def register(app: typer.Typer) -> None:
         storage: str | None = typer.Option(None, "--storage", help="Ray Train storage path (checkpoints)"),
         config: str | None = typer.Option(None, "--config", help="YAML config; flags override it"),
     ) -> None:
-        """Train the target-attention scorer with Ray Train and write a self-contained model directory."""
+        """Train a method (default: the PI2I target-attention scorer) with Ray Train and write a self-contained
+        model directory recording the method (method.json)."""
         from pi2i.cli import UserError
         from pi2i.config import load_config
         from pi2i.contracts import isdir, join
@@ -71,6 +73,9 @@ def register(app: typer.Typer) -> None:
         if gpu:
             ov["use_gpu"] = True
         cfg = load_config(config, {"train": ov} if ov else None)
+        if method != "pi2i":
+            _train_method(method, samples, out, cfg, ov)
+            return
         m = train(samples, out, cfg)
         typer.echo(json.dumps({"best_epoch": m["best_epoch"], "val_loss": m["best"]["val_loss"],
                                "val_hr10": m["best"]["val_hr10"], "epochs_run": m["epochs_run"],
@@ -78,3 +83,34 @@ def register(app: typer.Typer) -> None:
 
     for a in (app, prs_app):
         a.command("train")(train_cmd)
+
+
+def _train_method(method: str, samples: str, out: str, cfg, ov: dict) -> None:
+    """``pi2i train --method pdn|mtmh``: fit the registered method on the samples directory and save it.
+    ``--epochs/--batch-size/--max-batches`` also set MTMH's own loop (``methods.mtmh.*``) and PDN's batch cap."""
+    from pi2i.cli import UserError
+    from pi2i.contracts import exists, join, read_json
+    from pi2i.methods import METHODS, get_method
+    from pi2i.methods.base import METHOD_FILE, TrainInputs
+
+    trained = [n for n, c in METHODS.items() if c.trained]
+    if method not in METHODS or not METHODS[method].trained:
+        raise UserError(f"--method: {method!r} is not a trained method; choose one of {', '.join(trained)}")
+    if exists(join(out, METHOD_FILE)):
+        held = (read_json(join(out, METHOD_FILE)) or {}).get("method")
+        if held != method:
+            raise UserError(f"--out {out} holds a {held} model; train {method} into another directory")
+    if method == "mtmh":
+        keys = {"epochs": "epochs", "batch_size": "batch_size", "max_batches_per_epoch": "max_batches_per_epoch"}
+        for k, v in keys.items():
+            if k in ov:
+                setattr(cfg.methods.mtmh, v, ov[k])
+    if method == "pdn" and "max_batches_per_epoch" in ov:
+        cfg.methods.pdn.max_batches_per_epoch = ov["max_batches_per_epoch"]
+    model = get_method(method).fit(TrainInputs(samples_dir=samples), cfg)
+    model.save(out)
+    metrics = getattr(model, "metrics", {})
+    best = metrics.get("best", {})
+    typer.echo(json.dumps({"method": method, "best_epoch": metrics.get("best_epoch"),
+                           "val_loss": best.get("val_loss"), "epochs_run": metrics.get("epochs_run"),
+                           "seconds": metrics.get("seconds"), "out": out}))

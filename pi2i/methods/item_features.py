@@ -54,7 +54,8 @@ class ItemCodes:
             price = items.column("price").cast(pa.float64()).fill_null(np.nan).to_numpy(zero_copy_only=False)
             p = np.where(at >= 0, price[np.maximum(at, 0)], np.nan)
             known = np.isfinite(p)
-            edges = np.quantile(p[known], np.linspace(0, 1, PRICE_BUCKETS)[1:-1]) if known.any() else []
+            edges: np.ndarray = (np.quantile(p[known], np.linspace(0, 1, PRICE_BUCKETS)[1:-1]) if known.any()
+                                 else np.zeros(0))
             x[:, 4] = np.where(known, np.searchsorted(edges, np.nan_to_num(p), side="right") + 1, 0)
         sizes["price_bucket"] = PRICE_BUCKETS + 1
         pop_at = _positions(popularity.column("item_id").to_numpy().astype(np.int64), ids_all)

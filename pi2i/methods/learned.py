@@ -39,6 +39,25 @@ def load_weights(uri: str) -> dict[str, torch.Tensor]:
     return load(read_bytes(uri))
 
 
+def size_threads(n: int | None = None) -> int:
+    """Size this thread's torch pool and numba's pool to ``n`` (default: the CPU quota) without touching the
+    environment: numba refuses to compile once its pool is up and ``NUMBA_NUM_THREADS`` changes, and torch's
+    (OpenMP) setting is per thread, so Ray's local-mode loop thread must set it itself."""
+    import numba
+    import torch
+
+    from pi2i.prs.launch import cpu_quota
+
+    n = max(1, int(n or cpu_quota()))
+    pool = int(getattr(numba.config, "NUMBA_NUM_THREADS"))  # noqa: B009 - set at runtime, unknown to mypy
+    launched = str(pool)
+    if os.environ.get("NUMBA_NUM_THREADS", launched) != launched:
+        os.environ["NUMBA_NUM_THREADS"] = launched  # undo a change numba would refuse at its next compile
+    torch.set_num_threads(n)
+    numba.set_num_threads(min(n, pool))
+    return n
+
+
 def open_samples(samples_dir: str, method: str) -> tuple[Any, dict]:
     """The :class:`~pi2i.prs.sampling.SampleSet` of a samples directory and the sampling config that drew it;
     a one-line MethodError when it is not one or holds no samples."""

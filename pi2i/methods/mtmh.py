@@ -129,7 +129,7 @@ class HeadIndex:
             self.index = faiss.IndexFlatIP(d)
             self.index.add(self.emb)
         else:
-            nl = nlist or max(1, round(2 * float(np.sqrt(n))))
+            nl = nlist or max(1, round(float(np.sqrt(n))))
             nl = min(nl, max(1, n // 8))
             quantizer = faiss.IndexFlatIP(d)
             self.index = faiss.IndexIVFFlat(quantizer, d, nl, faiss.METRIC_INNER_PRODUCT)
@@ -137,7 +137,7 @@ class HeadIndex:
             self.index.train(self.emb)
             self.index.add(self.emb)
         if not self.exact:
-            self.index.nprobe = nprobe
+            self.index.nprobe = nprobe  # type: ignore[attr-defined]
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, catalog rows) (q, k); row -1 where fewer than k were found."""
@@ -240,7 +240,7 @@ class MTMH(Retriever):
         u, trig, w, items = u[ok], trig[ok], w[ok], items[ok]
         key = u * np.int64(len(self.catalog) + 1) + item_codes(self.catalog, items)
         ukey, inv = np.unique(key, return_inverse=True)
-        score = np.bincount(inv, weights=w, minlength=len(ukey))  # preranker: decayed similarity sum
+        score = np.bincount(inv, weights=w, minlength=len(ukey)).astype(np.float64)  # preranker: Σ decay^r·sim
         cu = ukey // np.int64(len(self.catalog) + 1)
         ci = self.catalog[ukey % np.int64(len(self.catalog) + 1)]
         lists, _, at = sparse_topk(cu, ci, score, n, k_list)

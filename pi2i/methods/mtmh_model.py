@@ -32,7 +32,7 @@ from torch import nn
 
 from pi2i.config import Config, MTMHConfig
 from pi2i.methods.item_features import ITEM_FIELDS, ItemCodes
-from pi2i.methods.learned import EpochTracker, open_samples, user_split
+from pi2i.methods.learned import EpochTracker, open_samples, size_threads, user_split
 
 VAL_MAX_PAIRS = 20_000
 
@@ -44,9 +44,11 @@ class ItemTower(nn.Module):
         super().__init__()
         d = cfg.embed_dim
         dims = [d] + [max(2, d // 2)] * (len(ITEM_FIELDS) - 1)
-        self.tables = nn.ModuleList(nn.Embedding(max(sizes[f], 1), k) for f, k in zip(ITEM_FIELDS, dims))
-        for t in self.tables:
+        tables = [nn.Embedding(max(sizes[f], 1), k) for f, k in zip(ITEM_FIELDS, dims, strict=True)]
+        for t in tables:
             nn.init.normal_(t.weight, std=0.05)
+        self.tables = nn.ModuleList(tables)
+        self.out_dim = cfg.out_dim
         width = sum(dims)
         self.heads = nn.ModuleDict({h: _mlp([width, *cfg.hidden, cfg.out_dim]) for h in ("engagement", "relevance")})
 
@@ -175,14 +177,12 @@ def mtmh_loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from pi2i.prs.launch import set_threads
-
     cfg = Config.model_validate(config["cfg"])
     tc, mc = cfg.train, cfg.methods.mtmh
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(tc.seed)
-    set_threads(tc.torch_threads or None)
+    size_threads(tc.torch_threads or None)
     t_tr, p_tr, t_va, p_va, codes = _pairs(config, cfg)
     rng = np.random.default_rng(tc.seed)
     if len(t_va) > VAL_MAX_PAIRS:
@@ -226,11 +226,11 @@ def mtmh_loop(config: dict) -> None:
         ev = np.zeros(4)
         with torch.inference_mode():
             for s in range(rank * mc.batch_size, len(t_va), mc.batch_size * world):
-                sel = slice(s, s + mc.batch_size)
-                if len(t_va[sel]) < 2:
+                part = slice(s, s + mc.batch_size)
+                if len(t_va[part]) < 2:
                     continue
-                out = batch_losses(tower, t_va[sel], p_va[sel], [tc.seed, 10_000 + s])
-                n = len(t_va[sel])
+                out = batch_losses(tower, t_va[part], p_va[part], [tc.seed, 10_000 + s])
+                n = len(t_va[part])
                 ev += [n, out["loss"].item() * n, out["le_engagement"].item() * n, out["lr"].item() * n]
         tower.train()
         tr = np.array([tot, seen], np.float64)
@@ -260,5 +260,5 @@ def item_embeddings(tower: ItemTower, codes: np.ndarray, chunk: int = 1 << 15) -
             e = tower(torch.from_numpy(codes[a:a + chunk]))
             for h, parts in out.items():
                 parts.append(e[h].numpy().astype(np.float32))
-    return {h: np.concatenate(v) if v else np.zeros((0, tower.heads[h][-1].out_features), np.float32)
+    return {h: np.concatenate(v) if v else np.zeros((0, tower.out_dim), np.float32)
             for h, v in out.items()}

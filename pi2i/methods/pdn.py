@@ -184,7 +184,7 @@ class PDN(Retriever):
         ukey, inv = np.unique(key, return_inverse=True)
         cg = ukey // np.int64(len(self.feat.item_ids) + 1)
         cc = ukey % np.int64(len(self.feat.item_ids) + 1)
-        score = np.bincount(inv, weights=w, minlength=len(ukey))
+        score = np.bincount(inv, weights=w, minlength=len(ukey)).astype(np.float64)
         if p_u is not None and self.item_q is not None:
             d = np.einsum("ij,ij->i", p_u[cg], self.item_q[cc]).astype(np.float64)
             score += _softplus(d)  # softplus(d_ui)  (Eq. 14)

@@ -31,7 +31,7 @@ from pi2i.config import Config, PDNConfig
 from pi2i.contracts import I2I_SCHEMA
 from pi2i.ibs.i2i import I2IIndex
 from pi2i.methods.item_features import ITEM_FIELDS
-from pi2i.methods.learned import EpochTracker, open_samples, user_split
+from pi2i.methods.learned import EpochTracker, open_samples, size_threads, user_split
 from pi2i.methods.pdn_features import Featurizer, PDNBatch, RowIndex, candidate_columns, sample_batch
 
 VAL_MAX_SAMPLES = 2000
@@ -47,9 +47,10 @@ class FieldEmbedding(nn.Module):
 
     def __init__(self, sizes: list[int], dim: int):
         super().__init__()
-        self.tables = nn.ModuleList(nn.Embedding(max(int(n), 1), dim) for n in sizes)
-        for t in self.tables:
+        tables = [nn.Embedding(max(int(n), 1), dim) for n in sizes]
+        for t in tables:
             nn.init.normal_(t.weight, std=0.05)
+        self.tables = nn.ModuleList(tables)
 
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         return torch.cat([t(codes[..., k]) for k, t in enumerate(self.tables)], -1)
@@ -104,9 +105,10 @@ class ProjectedField(nn.Module):
         table: torch.Tensor | None = None  # every code combination, row-major over the features
         joint = torch.zeros(codes.shape[:-1], dtype=torch.long)
         for k, t in enumerate(self.field.tables):
-            part = t.weight @ self.proj.weight[:, k * d:(k + 1) * d].T  # (n_k, out)
+            w: torch.Tensor = t.weight  # type: ignore[assignment]
+            part = w @ self.proj.weight[:, k * d:(k + 1) * d].T  # (n_k, out)
             table = part if table is None else (table[:, None, :] + part[None, :, :]).reshape(-1, part.shape[1])
-            joint = joint * t.num_embeddings + codes[..., k]
+            joint = joint * w.shape[0] + codes[..., k]
         assert table is not None
         return table[joint]
 
@@ -247,9 +249,9 @@ def _evaluate(model: PDNModel, ss: Any, feat: Featurizer, rows: RowIndex, idx: n
             b = sample_batch(ss, feat, rows, idx[s:s + batch_size])
             tb = to_tensors(b)
             valid = tb["cand_items"] >= 0
-            out = model(tb)
-            loss = pdn_loss(out["y"], valid, kind)
-            serve = out["serve"].masked_fill(~valid, -1.0)
+            res = model(tb)
+            loss = pdn_loss(res["y"], valid, kind)
+            serve = res["serve"].masked_fill(~valid, -1.0)
             rank = (serve[:, 1:] > serve[:, :1]).sum(1)
             out += [len(rank), loss.item() * len(rank), (rank < 1).sum().item(), (rank < 10).sum().item()]
     model.train()
@@ -261,14 +263,12 @@ def pdn_loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from pi2i.prs.launch import set_threads
-
     cfg = Config.model_validate(config["cfg"])
     tc, pc = cfg.train, cfg.methods.pdn
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(tc.seed)
-    set_threads(tc.torch_threads or None)
+    size_threads(tc.torch_threads or None)
     ss, sampling = open_samples(config["samples_uri"], "pdn")
     columns = candidate_columns(ss.cands.shape[1], int(sampling.get("hard_negatives", 20)), pc.negatives)
     feat = Featurizer.load(config["featurizer_uri"])

@@ -322,14 +322,23 @@ def candidate_union(lookup: RowLookup, triggers: np.ndarray,
 @nb.njit(cache=True, parallel=True, nogil=True)
 def _features_kernel(cands, trig, trig_rows, trig_age, trig_cat, trig_price, cand_cat, cand_price, cand_pop,
                      indptr, s_targets, s_scores, s_ranks, row_top, L, H,
-                     hit_slot, hit_dense, cross):
+                     hit_slot, hit_dense, cross, hits_pe):
     G, C = cands.shape
     LT = trig.shape[1]
+    split = hits_pe.shape[0] > 0
     for g in nb.prange(G):
         ntrig = 0
         for q in range(LT):
             if trig[g, q] >= 0:
                 ntrig += 1
+        ptrig = np.zeros(LT, np.bool_)  # training: triggers whose row holds candidate 0 (the positive)
+        if split and C > 0 and cands[g, 0] >= 0:
+            for q in range(ntrig):
+                r = trig_rows[g, q]
+                if r >= 0:
+                    a, b = indptr[r], indptr[r + 1]
+                    p = np.searchsorted(s_targets[a:b], cands[g, 0])
+                    ptrig[q] = p < b - a and s_targets[a + p] == cands[g, 0]
         for c in range(C):
             x = cands[g, c]
             if x < 0:
@@ -367,6 +376,11 @@ def _features_kernel(cands, trig, trig_rows, trig_age, trig_cat, trig_price, can
                     hit_dense[g, c, nh, 2] = np.log(rk)
                     hit_dense[g, c, nh, 3] = q / L
                     hit_dense[g, c, nh, 4] = np.log1p(max(trig_age[g, q], 0.0))
+                if split:
+                    if ptrig[q]:
+                        hits_pe[g, c, 0] += 1
+                    else:
+                        hits_pe[g, c, 1] += 1
                 if minpos < 0:
                     minpos = q
                     minage = trig_age[g, q]
@@ -417,14 +431,19 @@ class Features:
     cross: np.ndarray  # float32 [G, C, len(CROSS_FEATURES)]
     seq: np.ndarray  # int64 [G, S], most recent first, -1 pad
     profile: np.ndarray  # float32 [G, len(PROFILE_FEATURES)]
+    hits_pe: np.ndarray | None = None  # int32 [G, C, 2] training only: hits by positive / other triggers
+    logq: np.ndarray | None = None  # float32 [G, C] training only: log draw probability (logQ correction)
 
     def take(self, g: np.ndarray) -> Features:
-        return Features(*(getattr(self, f)[g] for f in self.__dataclass_fields__))
+        return Features(*(None if getattr(self, f) is None else getattr(self, f)[g]
+                          for f in self.__dataclass_fields__))
 
 
-def featurize(groups: Groups, cands: np.ndarray, lookup: RowLookup, info: ItemInfo, H: int) -> Features:
+def featurize(groups: Groups, cands: np.ndarray, lookup: RowLookup, info: ItemInfo, H: int,
+              hit_split: bool = False) -> Features:
     """Features of candidates ``cands`` [G, C] (-1 pad) for ``groups``: the one function training and serving
-    share."""
+    share. ``hit_split`` (training) also counts each candidate's hits by the triggers whose row holds candidate
+    0 (the positive) and by the others (``Features.hits_pe``)."""
     cands = np.ascontiguousarray(cands, np.int64)
     G, C = cands.shape
     L = groups.triggers.shape[1]
@@ -434,10 +453,12 @@ def featurize(groups: Groups, cands: np.ndarray, lookup: RowLookup, info: ItemIn
     hit_slot = np.full((G, C, H), -1, np.int32)
     hit_dense = np.zeros((G, C, H, len(HIT_FEATURES)), np.float32)
     cross = np.zeros((G, C, len(CROSS_FEATURES)), np.float32)
+    hits_pe = np.zeros((G, C, 2) if hit_split else (0, 0, 2), np.int32)
     ip = lookup.index.indptr
     (_features_kernel_1 if G == 1 else _features_kernel)(cands, groups.triggers, trig_rows, groups.trigger_age_h,
                      np.ascontiguousarray(tside[..., 0]), np.ascontiguousarray(tprice),
                      np.ascontiguousarray(cside[..., 0]), np.ascontiguousarray(cprice), info.popularity(cands),
                      ip, lookup.s_targets, lookup.s_scores, lookup.s_ranks, lookup.row_top, L, H,
-                     hit_slot, hit_dense, cross)
-    return Features(cands, groups.triggers, hit_slot, hit_dense, cross, groups.seq, groups.profile)
+                     hit_slot, hit_dense, cross, hits_pe)
+    return Features(cands, groups.triggers, hit_slot, hit_dense, cross, groups.seq, groups.profile,
+                    hits_pe if hit_split else None)

@@ -1,7 +1,8 @@
 """Trigger–target sampling: PRS training samples from click sequences and the i2i table (PI2I §3.2.1, Alg. 1).
 
-Per user, clicks in time order. For every position ``t`` (``t >= min_history``) the click ``items[t]`` is the
-**target** and the last ``L`` distinct earlier items are the **triggers**. Triggers whose i2i row holds the target
+Per user, clicks in time order. For every position ``t`` (``t >= min_history``) the click ``items[t]`` (with
+``sampling.target_horizon = h > 1``: one of the clicks ``t .. t+h-1``, seeded, so the scorer learns the user's
+next few clicks rather than only the next one) is the **target** and the last ``L`` distinct earlier items are the **triggers**. Triggers whose i2i row holds the target
 are the **positive triggers** ``P``; a position with ``P = ∅`` is dropped and counted. Negatives, all excluding
 the target and sampled without replacement where the pool allows (seeded, independent of thread count):
 
@@ -20,7 +21,8 @@ Samples directory layout (all written by :func:`build_samples`)::
     clicks/{user_ids,user_ptr,items,ts}.npy   per-user click sequences (CSR, oldest first, ts in µs)
     samples/{user,pos,cands}.npy              user row, target position in clicks, [N, 1+hard+easy] item ids
                                               (slot 0 = positive, -1 = pad; int32 when ids fit)
-    samples/logq.npy                          [N, 1+hard+easy] float32 log draw probability of each candidate
+    samples/rates.npy                         [N, 2] float32 draws per row entry, positive / other triggers'
+                                              rows (the logQ correction, with per-candidate hit counts)
     i2i.parquet                               the i2i table the samples were drawn from (features need it)
     items.parquet  popularity.parquet  histories.parquet  stats.json  meta.json
 """
@@ -138,11 +140,15 @@ def _draw(rows, use, n_want, target, out, c, state, indptr, s_targets):
 
 
 @nb.njit(cache=True, parallel=True)
-def _sample_kernel(items, ts, click_rows, pos_lo, pos_t, L, n_hard, n_easy, fill, seed, indptr, s_targets,
-                   cands, npos, nhard, neasy, nfill, logq):
+def _sample_kernel(items, ts, click_rows, pos_lo, pos_t, pos_end, horizon, L, n_hard, n_easy, fill, seed, indptr,
+                   s_targets, cands, npos, nhard, neasy, nfill, rates):
     for p in nb.prange(len(pos_t)):
         lo, t = pos_lo[p], pos_t[p]
         target = items[t]
+        if horizon > 1:  # the target: one of the next `horizon` clicks (seeded), context still before t
+            span = min(horizon, pos_end[p] - t)
+            _, v = _rng(np.uint64(seed + 7) * np.uint64(0xD1B54A32D192ED03) ^ np.uint64(p))
+            target = items[t + np.int64(v % np.uint64(span))]
         ti = np.empty(L, np.int64)
         tt = np.empty(L, np.int64)
         tidx = np.empty(L, np.int64)
@@ -177,9 +183,8 @@ def _sample_kernel(items, ts, click_rows, pos_lo, pos_t, L, n_hard, n_easy, fill
         if fill and c2 < c + n_easy:  # too few other triggers' items: fill the slots from the positive rows
             c3, state = _draw(rows, pos_trig, c + n_easy - c2, target, out, c2, state, indptr, s_targets)
             nfill[p] = c3 - c2
-        # logQ: how likely each candidate (the positive too, as if it were a negative) is to be drawn. Draws are
-        # uniform over the entries of the positive triggers' rows (hard + fill) and of the other rows (easy), so
-        # q(x) ~ min(1, rate_P · hits_P(x) + rate_E · hits_E(x)), hits = rows of that kind holding x.
+        # logQ rates: draws are uniform over the entries of the positive triggers' rows (hard + fill) and of the
+        # other rows (easy): q(x) ~ min(1, rate_P · hits_P(x) + rate_E · hits_E(x)), hits counted at training
         tot_p = 0
         tot_e = 0
         for q in range(n):
@@ -189,27 +194,8 @@ def _sample_kernel(items, ts, click_rows, pos_lo, pos_t, L, n_hard, n_easy, fill
                     tot_p += ln
                 else:
                     tot_e += ln
-        rate_p = (nhard[p] + nfill[p]) / tot_p if tot_p > 0 else 0.0
-        rate_e = neasy[p] / tot_e if tot_e > 0 else 0.0
-        for i in range(len(out)):
-            x = out[i]
-            if x < 0:
-                break
-            hp = 0
-            he = 0
-            for q in range(n):
-                r = rows[q]
-                if r < 0:
-                    continue
-                a, b = indptr[r], indptr[r + 1]
-                j = np.searchsorted(s_targets[a:b], x)
-                if j < b - a and s_targets[a + j] == x:
-                    if pos_trig[q]:
-                        hp += 1
-                    else:
-                        he += 1
-            qx = min(1.0, rate_p * hp + rate_e * he)
-            logq[p, i] = np.log(qx) if qx > 0 else 0.0
+        rates[p, 0] = (nhard[p] + nfill[p]) / tot_p if tot_p > 0 else 0.0
+        rates[p, 1] = neasy[p] / tot_e if tot_e > 0 else 0.0
 
 
 # --------------------------------------------------------------------------------------------- click data
@@ -310,12 +296,14 @@ def build_samples(events_uri: str, i2i_uri: str, out_dir: str, cfg: Config, item
     nhard = np.zeros(P, np.int32)
     neasy = np.zeros(P, np.int32)
     nfill = np.zeros(P, np.int32)
-    logq = np.zeros((P, C), np.float32)
+    rates = np.zeros((P, 2), np.float32)
     click_rows = lookup.rows(clicks.items)
     t1 = time.perf_counter()
-    _sample_kernel(clicks.items, clicks.ts, click_rows, pos_lo, pos_t.astype(np.int64), sc.num_triggers,
+    pos_end = clicks.user_ptr[user_of + 1]
+    _sample_kernel(clicks.items, clicks.ts, click_rows, pos_lo, pos_t.astype(np.int64), pos_end,
+                   sc.target_horizon, sc.num_triggers,
                    sc.hard_negatives, sc.easy_negatives, sc.fill_negatives, sc.seed, index.indptr,
-                   lookup.s_targets, cands, npos, nhard, neasy, nfill, logq)
+                   lookup.s_targets, cands, npos, nhard, neasy, nfill, rates)
     t_kernel = time.perf_counter() - t1
     keep = npos > 0
     kept = np.flatnonzero(keep)
@@ -331,7 +319,7 @@ def build_samples(events_uri: str, i2i_uri: str, out_dir: str, cfg: Config, item
     if out_c.size and out_c.max() < np.iinfo(np.int32).max:  # halves the largest file when ids fit
         out_c = out_c.astype(np.int32)
     save_npy(out_c, join(sdir, "cands.npy"))
-    save_npy(logq[kept], join(sdir, "logq.npy"))
+    save_npy(rates[kept], join(sdir, "rates.npy"))
     clicks.save(join(out_dir, CLICKS_SUBDIR))
     write_parquet(index.to_table(), join(out_dir, I2I_FILE))
     write_parquet(items_table(items_uri, events_uri, clicks), join(out_dir, ITEMS_FILE))
@@ -374,9 +362,9 @@ class SampleSet:
         self.user = load_npy(join(sdir, "user.npy"))
         self.pos = load_npy(join(sdir, "pos.npy"))
         self.cands = load_npy(join(sdir, "cands.npy"))
-        lq = join(sdir, "logq.npy")
-        #: log of each candidate's chance to be drawn (the logQ correction of training); zeros for old samples
-        self.logq = load_npy(lq) if exists(lq) else np.zeros(self.cands.shape, np.float32)
+        rq = join(sdir, "rates.npy")
+        #: per sample (rate_P, rate_E): draws per row entry of the positive / other triggers' rows (logQ)
+        self.rates = load_npy(rq) if exists(rq) else None
         self.clicks = Clicks.load(join(samples_dir, CLICKS_SUBDIR))
         self.meta = read_json(join(samples_dir, META_FILE))
         self._lookup: RowLookup | None = None
@@ -398,13 +386,21 @@ class SampleSet:
                                              read_parquet(join(self.dir, POPULARITY_FILE)))
         return self._info
 
-    def features(self, idx: np.ndarray, num_triggers: int, seq_len: int, max_hits: int) -> Features:
-        """Model inputs of samples ``idx``: context = the user's clicks before the target position."""
+    def features(self, idx: np.ndarray, num_triggers: int, seq_len: int, max_hits: int,
+                 with_logq: bool = False) -> Features:
+        """Model inputs of samples ``idx``: context = the user's clicks before the target position; with
+        ``with_logq`` also ``Features.logq`` [G, C], the log draw probability of each candidate."""
         idx = np.asarray(idx, np.int64)
         hi = np.asarray(self.pos[idx])
         lo = np.asarray(self.clicks.user_ptr)[np.asarray(self.user[idx])]
         groups = build_groups(self.clicks.items, self.clicks.ts, lo, hi, num_triggers, seq_len)
-        return featurize(groups, np.asarray(self.cands[idx]), self.lookup, self.info, max_hits)
+        want = with_logq and self.rates is not None
+        feat = featurize(groups, np.asarray(self.cands[idx]), self.lookup, self.info, max_hits, hit_split=want)
+        if want:
+            r = np.asarray(self.rates[idx], np.float64)
+            q = np.minimum(1.0, r[:, :1] * feat.hits_pe[..., 0] + r[:, 1:] * feat.hits_pe[..., 1])
+            feat.logq = np.where(q > 0, np.log(np.maximum(q, 1e-30)), 0.0).astype(np.float32)
+        return feat
 
     def user_ids(self, idx: np.ndarray) -> np.ndarray:
         return np.asarray(self.clicks.user_ids)[np.asarray(self.user[idx])]

@@ -72,10 +72,29 @@ class Scorer:
         return self._score([(history_items, history_ts)], k, ex)[0]
 
     def recommend_many(self, histories: list[tuple[np.ndarray, np.ndarray]], k: int,
-                       exclude_seen: bool = True) -> list[Recommendation]:
-        """Batched :meth:`recommend` for many users (evaluation); ``exclude_seen`` drops each user's history."""
+                       exclude_seen: bool = True, fill_popular: bool = False) -> list[Recommendation]:
+        """Batched :meth:`recommend` for many users (evaluation); ``exclude_seen`` drops each user's history.
+        ``fill_popular`` continues a list shorter than ``k`` (a small pool) with the most popular remaining
+        items, scored below every pool item (their ``triggers`` are empty; ``num_candidates`` stays the pool
+        size), so PI2I's list at large K is never shorter than popularity's."""
         ex = [np.asarray(h[0], np.int64) for h in histories] if exclude_seen else None
-        return self._score(histories, k, ex)
+        recs = self._score(histories, k, ex)
+        if fill_popular:
+            recs = [self._fill(r, k, None if ex is None else ex[i]) for i, r in enumerate(recs)]
+        return recs
+
+    def _fill(self, rec: Recommendation, k: int, exclude: np.ndarray | None) -> Recommendation:
+        if len(rec.items) >= k:
+            return rec
+        from pi2i.data.events import fill_with_popular
+
+        items = fill_with_popular(rec.items, self.popularity, k, exclude)
+        extra = len(items) - len(rec.items)
+        low = float(rec.scores.min()) if len(rec.scores) else 0.0
+        scores = np.concatenate([rec.scores, (low - 1.0 - np.arange(extra) * 1e-3).astype(np.float32)])
+        empty = np.empty(0, np.int64)
+        return Recommendation(items, scores.astype(np.float32), list(rec.triggers) + [empty] * extra,
+                              rec.num_candidates)
 
     # ----------------------------------------------------------------------------------------- internals
     def groups(self, histories: list[tuple[np.ndarray, np.ndarray]]) -> Groups:

@@ -67,8 +67,9 @@ def build_model(cfg: Config, vocab_sizes: list[int]) -> PRSModel:
     return PRSModel(cfg.model, vocab_sizes, cfg.sampling.seq_len)
 
 
-def _features(ss: SampleSet, idx: np.ndarray, cfg: Config):
-    return ss.features(idx, cfg.sampling.num_triggers, cfg.sampling.seq_len, cfg.model.max_trigger_hits)
+def _features(ss: SampleSet, idx: np.ndarray, cfg: Config, with_logq: bool = False):
+    return ss.features(idx, cfg.sampling.num_triggers, cfg.sampling.seq_len, cfg.model.max_trigger_hits,
+                       with_logq=with_logq)
 
 
 def _single_thread_numba() -> None:
@@ -84,9 +85,10 @@ def batches(ss: SampleSet, index_batches: list[np.ndarray], vocab: Vocab, cfg: C
     if not index_batches:
         return
     def make(idx: np.ndarray) -> dict[str, torch.Tensor]:
-        b = to_tensors(_features(ss, idx, cfg), vocab, device)
-        b["logq"] = torch.from_numpy(np.ascontiguousarray(ss.logq[idx][:, :b["cand"].shape[1]], np.float32)).to(
-            device)
+        feat = _features(ss, idx, cfg, with_logq=cfg.train.logq_correction)
+        b = to_tensors(feat, vocab, device)
+        if feat.logq is not None:
+            b["logq"] = torch.from_numpy(np.ascontiguousarray(feat.logq[:, :b["cand"].shape[1]])).to(device)
         return b
 
     with ThreadPoolExecutor(1, thread_name_prefix="pi2i-batches", initializer=_single_thread_numba) as pool:
@@ -199,7 +201,7 @@ def _train_loop(config: dict) -> None:
         for bi, (idx, b) in enumerate(batches(ss, idx_batches, vocab, cfg, device)):
             tuner.before()
             logits = net(b)
-            loss = softmax_loss(logits - b["logq"] if tc.logq_correction else logits)
+            loss = softmax_loss(logits - b["logq"] if "logq" in b else logits)
             if not torch.isfinite(loss):
                 raise ValueError(f"non-finite training loss at epoch {epoch + 1} batch {bi + 1}: NaN/inf in the "
                                  f"features of samples {idx[:5].tolist()}... (check the i2i scores and times)")
