@@ -103,7 +103,7 @@ def main() -> None:
         best = m.get("best", {})
         results[name] = {
             "fit_seconds": round(fit_s, 2),
-            "train_samples_per_s": best.get("train_samples_per_s") or best.get("train_pairs_per_s"),
+            "train_examples_per_s": best.get("train_samples_per_s") or best.get("train_pairs_per_s"),
             "epochs_run": m.get("epochs_run"),
             "recommend_users_per_s": round(len(batch) / rec_s, 1),
             "recommend_ms_per_user": round(1000 * rec_s / len(batch), 3),
@@ -111,7 +111,8 @@ def main() -> None:
         print(name, json.dumps(results[name]), flush=True)
     out = {"data": f"demo preset (2,500 users, 2,500 items, 125k events), seed {args.seed}",
            "threads": args.threads, "k": args.k, "users_scored": len(batch), "batch_users": args.batch,
-           "note": "fit includes Ray Train's fixed start-up cost for pdn/mtmh (in-process, num_workers=0)",
+           "note": "fit includes Ray Train start-up (in-process, num_workers=0); train_examples_per_s counts "
+                   "samples (pdn, 1 positive + 40 negatives each) or co-engaged pairs (mtmh)",
            "loadavg_before": [round(x, 2) for x in load_before],
            "loadavg_after": [round(x, 2) for x in os.getloadavg()], "methods": results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

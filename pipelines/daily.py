@@ -9,8 +9,9 @@ driven by the ``train_gpus`` / ``train_accelerator`` parameters (0 GPUs = CPU tr
 The config's ``pipeline`` section shapes the DAG at compile time (:func:`build_pipeline`, :func:`pipeline_for`):
 ``pipeline.augment: true`` adds the LLM-I2I ``augment`` step between split and Swing (Swing then indexes real +
 synthetic rows; samples and evaluation keep the real train split); ``pipeline.methods`` lists the trained
-methods — one ``train`` task each, in parallel (``dsl.ParallelFor``), all evaluated together
-(``dsl.Collected``), the gate method's model (evaluate's ``candidate`` output) published. ``pipeline_for(config)`` is the function ``kfp.local`` should run for a given config;
+methods — with several, one ``train`` task per method in parallel (``dsl.ParallelFor`` over the names), all
+evaluated together (``dsl.Collected``), and the gate method's model (``eval.gate_method``, evaluate's
+``candidate`` output) published. ``pipeline_for(config)`` is the function ``kfp.local`` runs for a config;
 ``pi2i_daily`` (and the committed YAML) is the default: no augmentation, ``pi2i`` only.
 """
 
@@ -36,23 +37,18 @@ COMPILED = Path(__file__).with_name("pi2i_daily.yaml")
 
 
 DEFAULT_METHODS = ("pi2i",)
+TRAINED_METHODS = ("pi2i", "pdn", "mtmh")  # what the train component trains (`pi2i train --method`)
 
 
 def build_pipeline(with_augment: bool = False, methods: Sequence[str] = DEFAULT_METHODS):
     """The daily pipeline function for one DAG shape (see the module doc)."""
-    methods = tuple(methods)
+    methods = tuple(dict.fromkeys(methods))  # a method listed twice is trained once
     if not methods:
         raise ValueError("pipeline.methods: at least one trained method")
-    multi = methods != DEFAULT_METHODS
-    # the components' multi-method interface: train --method; evaluate/publish over a collected list of models
-    # (KFP 2.17 cannot feed a dsl.Collected list to a task inside dsl.If, so evaluate hands the gate method's
-    # model to publish as its `candidate` output)
-    needs = ([(train, "method")] if multi else []) + ([(evaluate, "models"), (evaluate, "candidate")]
-                                                      if len(methods) > 1 else [])
-    missing = [f"{c.name}.{arg}" for c, arg in needs
-               if arg not in (c.component_spec.inputs or {}) and arg not in (c.component_spec.outputs or {})]
-    if missing:
-        raise ValueError(f"pipeline.methods {list(methods)} needs component input(s) {missing}")
+    unknown = [m for m in methods if m not in TRAINED_METHODS]
+    if unknown:
+        raise ValueError(f"pipeline.methods: unknown trained method(s) {unknown}; known: {list(TRAINED_METHODS)}")
+    multi = methods != DEFAULT_METHODS  # the default DAG keeps train's default method and evaluate's `model`
 
     @dsl.pipeline(name=PIPELINE_NAME, description="Daily PI2I retrain: Swing index + scorer, gated release.")
     def pi2i_daily(
@@ -107,10 +103,10 @@ def build_pipeline(with_augment: bool = False, methods: Sequence[str] = DEFAULT_
             sw.set_memory_limit("16G").set_cpu_limit("4")
             smp = samples(train=spl.outputs["train"], i2i=sw.outputs["i2i"], config=config)
 
-            def train_task(method: Any = None):
+            def train_task(method: Any = None, run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER):
                 tr = train(samples=smp.outputs["samples"], config=config, gpus=train_gpus,
                            accelerator=train_accelerator, compute=compute, namespace=namespace,
-                           staging_uri=staging_uri, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+                           staging_uri=staging_uri, run_id=run_id,
                            **({"method": method} if method is not None else {}))
                 tr.set_memory_limit("16G").set_cpu_limit("4")
                 # the channels are also inputs of the task: KFP only forwards a parameter into the exit-handler
@@ -123,7 +119,8 @@ def build_pipeline(with_augment: bool = False, methods: Sequence[str] = DEFAULT_
                 model_args: dict[str, Any] = {"model": tr.outputs["model"]}
             else:  # one train task per method, in parallel; evaluated together from the collected list
                 with dsl.ParallelFor(items=list(methods), name="methods") as method:
-                    tr = train_task(method)
+                    # per-method run id: its own RayJob name and staging prefix (compute='rayjob')
+                    tr = train_task(method, f"{method}-{dsl.PIPELINE_JOB_ID_PLACEHOLDER}")
                 model_args = {"models": dsl.Collected(tr.outputs["model"])}
             ev = evaluate(train=spl.outputs["train"], test=spl.outputs["test"], i2i=sw.outputs["i2i"],
                           config=config, registry_uri=registry_uri, **model_args)
@@ -149,6 +146,9 @@ def pipeline_for(config: Any = None):
 
     cfg = config if isinstance(config, Config) else parse_config(config or {})
     p = cfg.pipeline
+    if cfg.eval.gate_method not in p.methods:
+        raise ValueError(f"eval.gate_method {cfg.eval.gate_method!r} must be one of pipeline.methods {p.methods}: "
+                         "the gate's candidate is the trained model the pipeline publishes")
     if not p.augment and tuple(p.methods) == DEFAULT_METHODS:
         return pi2i_daily
     return build_pipeline(p.augment, p.methods)

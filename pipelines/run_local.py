@@ -36,8 +36,9 @@ def default_feature_repo() -> str:
 
 #: Component output lines echoed to the terminal (progress); everything else (the KFP executor's input/output
 #: JSON dumps, library logs) goes only to the run's log file.
-PROGRESS = re.compile(r"^\s*(\[(train|evaluate|eval|swing|samples|split|ingest|augment|publish|deploy|features|"
-                      r"pipeline)[^\]]*\]|gate:|samples:|evaluating |live version|error|Error|Traceback)")
+PROGRESS = re.compile(r"Executing task|finished with status|^\s*\[(train|evaluate|swing|samples|split|ingest|augment|"
+                      r"publish|deploy|features|pipeline)[^\]]*\]|^\s*gate: |^\s*samples: \d|evaluating \[|"
+                      r"Traceback|Error: ")
 
 
 class _ProgressTee:

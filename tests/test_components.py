@@ -1,5 +1,6 @@
 """Components: every step on the pinned project image, bodies exercised through ``.python_func`` on real
-artifacts and real core functions, and through ``kfp.local``'s SubprocessRunner (the executor path)."""
+artifacts and real core functions, and through ``kfp.local``'s SubprocessRunner (the executor path).
+``tiny_data`` / ``tiny_chain`` are the session fixtures of ``tests/conftest.py``."""
 
 import importlib
 import json
@@ -17,15 +18,6 @@ STEPS = ["ingest", "split", "swing", "samples", "train", "evaluate", "publish", 
 
 def component(step: str):
     return getattr(importlib.import_module(f"components.{step}.component"), step)
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> str:
-    from pi2i.data.synthetic import generate_preset
-
-    d = tmp_path_factory.mktemp("tiny") / "data"
-    generate_preset("tiny", str(d), seed=0)
-    return str(d)
 
 
 def art(cls, path: Path):
@@ -150,6 +142,51 @@ def test_publish_deploy_record(tmp_path, published_inputs):
     (rec,) = list((tmp_path / "registry" / "runs").glob("2026-11-23-*.json"))
     assert json.loads(rec.read_text())["error_message"] == "boom"
     assert registry.list_versions(reg) == sorted([v1, v2])  # the run log is not mistaken for a version
+
+
+def test_train_then_evaluate_several_methods_hands_on_the_gate_method(tmp_path, tiny_chain):
+    """The multi-method path of the daily pipeline through the component bodies: `train` with `method=pi2i`
+    and `method=pdn` (the ParallelFor's tasks), then `evaluate` over the collected list of both models — every
+    method on the same users, and `candidate` is a copy of the gate method's model dir (what publish gets)."""
+    from conftest import TINY_CONFIG
+
+    from pi2i.methods import read_manifest
+
+    config = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "torch_threads": 1,
+                                       "storage_path": str(tmp_path / "ray")},
+              "methods": {"pdn": {"max_batches_per_epoch": 4}}, "eval": {"gate_method": "pdn", "ks": [20, 50]}}
+    models = []
+    for method in ("pi2i", "pdn"):
+        m = art(dsl.Model, tmp_path / f"model-{method}")
+        component("train").python_func(samples=art(dsl.Dataset, Path(tiny_chain["samples"])), config=config,
+                                       gpus=0, accelerator="nvidia.com/gpu", compute="local", namespace="pi2i",
+                                       staging_uri="", run_id="r", model=m,
+                                       metrics=art(dsl.Metrics, tmp_path / f"m-{method}"), method=method)
+        assert read_manifest(m.path)["method"] == method and m.metadata["method"] == method
+        models.append(m)
+
+    def run_evaluate(cfg: dict, out: str):
+        outputs = {"metrics": art(dsl.Metrics, tmp_path / out / "metrics"),
+                   "report": art(dsl.Artifact, tmp_path / out / "report"),
+                   "candidate": art(dsl.Model, tmp_path / out / "candidate")}
+        passed = component("evaluate").python_func(
+            train=art(dsl.Dataset, Path(tiny_chain["train"])), test=art(dsl.Dataset, Path(tiny_chain["test"])),
+            i2i=art(dsl.Dataset, Path(tiny_chain["i2i"]).parent), config=cfg, registry_uri="", models=models,
+            **outputs)
+        return passed, outputs
+
+    passed, out = run_evaluate(config, "ev")
+    report = json.loads((tmp_path / "ev" / "report" / "metrics.json").read_text())
+    assert {"popularity", "swing", "pool", "pi2i", "pdn"} <= set(report["methods"])
+    assert report["gate"]["candidate"] == "pdn" and passed is bool(report["gate"]["passed"])
+    assert out["report"].metadata["candidate"] == "pdn" and out["candidate"].metadata["method"] == "pdn"
+    assert read_manifest(out["candidate"].path)["method"] == "pdn"
+    copied = sorted(p.relative_to(tmp_path / "ev" / "candidate") for p in (tmp_path / "ev" / "candidate").rglob("*"))
+    assert copied == sorted(p.relative_to(tmp_path / "model-pdn") for p in (tmp_path / "model-pdn").rglob("*"))
+    assert out["metrics"].metadata  # every number logged as a KFP metric
+
+    with pytest.raises(ValueError, match="eval.gate_method 'mtmh' is not among the trained models"):
+        run_evaluate({**config, "eval": {"gate_method": "mtmh"}}, "bad")
 
 
 def test_deploy_rejects_unknown_target(tmp_path):

@@ -178,7 +178,7 @@ def test_local_run_end_to_end(tmp_path):
            "--run-date", "2026-11-23", "--preset", "tiny"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
     assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
-    result = json.loads(res.stdout[res.stdout.rindex("\n{\n"):])
+    result = json.loads(res.stdout[("\n" + res.stdout).rindex("\n{\n"):])  # the last top-level JSON object
     live = registry.current(str(reg))
     assert live is not None and result["live"] == live and result["new_version"]
     registry.verify(str(reg), live)
@@ -228,25 +228,58 @@ def test_augment_step_feeds_swing_only(tmp_path):
     assert "train_gpus" in acc["resourceCount"]
 
 
-def test_methods_list_needs_the_multi_method_components(tmp_path):
-    """`pipeline.methods` beyond ["pi2i"]: one train task per method in a ParallelFor, evaluated together —
-    or, while the train/evaluate components lack `method`/`models`, a compile-time error naming them."""
-    from components.evaluate.component import evaluate
-    from components.train.component import train
+def test_one_non_default_method_trains_it_alone(tmp_path):
+    """`pipeline.methods: [pdn]`: the single train task gets `method=pdn`, evaluate takes its `model`."""
+    ir = _compile_for(tmp_path, {"pipeline": {"methods": ["pdn"]}, "eval": {"gate_method": "pdn"}})
+    body = ir["components"]["comp-exit-handler-1"]["dag"]["tasks"]
+    assert body["train"]["inputs"]["parameters"]["method"]["runtimeValue"]["constant"] == "pdn"
+    assert body["evaluate"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"] == {
+        "outputArtifactKey": "model", "producerTask": "train"}
+    assert not any("for-loop" in name for name in ir["components"])
 
-    if "method" in train.component_spec.inputs:  # one non-default method: train --method pdn, evaluated alone
-        ir = _compile_for(tmp_path, {"pipeline": {"methods": ["pdn"]}})
-        body = ir["components"]["comp-exit-handler-1"]["dag"]["tasks"]
-        assert body["train"]["inputs"]["parameters"]["method"]["runtimeValue"]["constant"] == "pdn"
-    config = {"pipeline": {"methods": ["pi2i", "pdn"]}}
-    if "models" in evaluate.component_spec.inputs and "candidate" in evaluate.component_spec.outputs:
-        ir = _compile_for(tmp_path, config)
-        assert any("for-loop" in name for name in ir["components"])
-    else:
-        with pytest.raises(ValueError, match="needs component input"):
-            _compile_for(tmp_path, config)
+
+def test_several_methods_train_in_parallel_and_are_evaluated_together(tmp_path):
+    """`pipeline.methods: [pi2i, pdn]`: a ParallelFor over the method names runs one train task per method,
+    their models are collected into evaluate's `models` list, and publish (behind the gate) takes evaluate's
+    `candidate` (the gate method's model), never a train output."""
+    ir = _compile_for(tmp_path, {"pipeline": {"methods": ["pi2i", "pdn", "pi2i"]}, "eval": {"gate_method": "pdn"}})
+    comps = ir["components"]
+    body = comps["comp-exit-handler-1"]["dag"]["tasks"]
+    (loop,) = [name for name in body if name.startswith("for-loop")]
+    assert json.loads(body[loop]["parameterIterator"]["items"]["raw"]) == ["pi2i", "pdn"]  # one train per method
+    assert "train" not in body and set(body[loop]["dependentTasks"]) == {"samples"}
+    loop_dag = comps[body[loop]["componentRef"]["name"]]
+    train = loop_dag["dag"]["tasks"]["train"]
+    item = body[loop]["parameterIterator"]["itemInput"]
+    assert train["inputs"]["parameters"]["method"] == {"componentInputParameter": item}
+    # each method's RayJob and staging prefix get their own name (compute='rayjob')
+    assert train["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == \
+        f"{{{{$.inputs.parameters['{item}']}}}}-{{{{$.pipeline_job_uuid}}}}"
+    (collected,) = loop_dag["outputDefinitions"]["artifacts"].values()
+    assert collected["isArtifactList"] is True
+    assert loop_dag["dag"]["outputs"]["artifacts"][next(iter(loop_dag["outputDefinitions"]["artifacts"]))] == {
+        "artifactSelectors": [{"outputArtifactKey": "model", "producerSubtask": "train"}]}
+    ev = body["evaluate"]
+    assert set(ev["dependentTasks"]) == {loop, "split", "swing"}
+    assert ev["inputs"]["artifacts"]["models"]["taskOutputArtifact"]["producerTask"] == loop
+    assert "model" not in ev["inputs"]["artifacts"]
+    (cond,) = [name for name in body if name.startswith("condition")]
+    publish = comps[body[cond]["componentRef"]["name"]]["dag"]["tasks"]["publish"]
+    fed = publish["inputs"]["artifacts"]["model"]["componentInputArtifact"]
+    assert body[cond]["inputs"]["artifacts"][fed]["taskOutputArtifact"] == {
+        "outputArtifactKey": "candidate", "producerTask": "evaluate"}
+    # the accelerator request survives inside the loop
+    acc = ir["deploymentSpec"]["executors"]["exec-train"]["container"]["resources"]["accelerator"]
+    assert "train_gpus" in acc["resourceCount"]
+
+
+def test_methods_config_errors_are_clear(tmp_path):
     with pytest.raises(Exception, match="pipeline.methods"):
         daily.pipeline_for({"pipeline": {"methods": ["nope"]}})
+    with pytest.raises(ValueError, match="eval.gate_method 'pi2i' must be one of pipeline.methods"):
+        daily.pipeline_for({"pipeline": {"methods": ["pdn", "mtmh"]}})
+    with pytest.raises(ValueError, match="unknown trained method"):
+        daily.build_pipeline(methods=["swing"])
 
 
 @pytest.mark.slow
@@ -284,3 +317,43 @@ def test_local_run_with_augment(tmp_path):
     stats = json.loads(next((run / "swing" / "i2i").glob("*.stats.json")).read_text())
     assert stats["events_used"] == summary["real_rows"] + summary["kept"]  # Swing counted the synthetic rows
     assert (run / "evaluate" / "report" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_have_core() is not None, reason=str(_have_core()))
+def test_local_run_with_several_methods(tmp_path):
+    """kfp.local run of the `pipeline.methods: [pi2i, pdn]` DAG on the tiny preset: both methods train (the
+    ParallelFor), evaluate reports both on the same users, and what passes the gate is the gate method's model."""
+    import os
+    import warnings
+
+    from kfp import local
+
+    from pi2i.data.synthetic import generate_preset
+    from pi2i.methods import read_manifest
+    from pi2i.publish import registry
+    from pipelines.run_local import CONFIG_PRESETS
+
+    generate_preset("tiny", str(tmp_path / "data"), seed=0)
+    tiny = CONFIG_PRESETS["tiny"]
+    config = {**tiny, "pipeline": {"methods": ["pi2i", "pdn"]}, "eval": {**tiny["eval"], "gate_method": "pdn"},
+              "methods": {"pdn": {"max_batches_per_epoch": 20}}}
+    root, reg = tmp_path / "root", tmp_path / "reg"
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root),
+               workspace_root=str(tmp_path / "ws"), raise_on_error=True)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        daily.pipeline_for(config)(run_date="2026-11-26", data_uri=str(tmp_path / "data"), registry_uri=str(reg),
+                                   config=config, feature_repo="")
+    (run,) = list(root.glob("pi2i-daily-*"))
+    trained = sorted(read_manifest(str(p.parent))["method"] for p in run.rglob("method.json")
+                     if "evaluate" not in p.parts)
+    assert trained == ["pdn", "pi2i"]  # one train task per method
+    metrics = json.loads((run / "evaluate" / "report" / "metrics.json").read_text())
+    assert {"swing", "pi2i", "pdn"} <= set(metrics["methods"]) and metrics["gate"]["candidate"] == "pdn"
+    assert read_manifest(str(run / "evaluate" / "candidate"))["method"] == "pdn"
+    live = registry.current(str(reg))
+    assert (live is not None) == bool(metrics["gate"]["passed"])
+    if live is not None:  # published and deployed: the gate method's model
+        assert read_manifest(str(Path(registry.version_path(str(reg), live), "model")))["method"] == "pdn"

@@ -383,3 +383,72 @@ def test_ray_train_with_one_real_worker(tiny, tmp_path):
     m = train(samples, str(tmp_path / "m"), cfg, progress=False)
     assert m["epochs_run"] == 1 and os.path.exists(tmp_path / "m" / "model.safetensors")
     assert any((tmp_path / "ray").rglob("model.safetensors"))
+
+
+# --------------------------------------------------------------------------------------------- launcher
+def test_cpu_quota_reads_cgroups_and_never_exceeds_the_affinity_mask(tmp_path, monkeypatch):
+    from pi2i.prs import launch
+
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert launch._cgroup_cpus(tmp_path) == 1.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert launch._cgroup_cpus(tmp_path) is None
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("50000")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert launch._cgroup_cpus(v1) == 0.5
+    monkeypatch.delenv("PI2I_CPUS", raising=False)
+    n = launch.cpu_quota()
+    assert 1 <= n <= len(os.sched_getaffinity(0))
+    monkeypatch.setattr(launch, "_cgroup_cpus", lambda root=None: 0.5)
+    assert launch.cpu_quota() == 1
+    monkeypatch.setenv("PI2I_CPUS", "3")
+    assert launch.cpu_quota() == 3
+    before = torch.get_num_threads()
+    try:
+        assert launch.set_threads(1) == 1 and torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_ray_train_refuses_driver_local_paths_for_a_remote_cluster(tmp_path, monkeypatch):
+    from pi2i.prs.launch import run_ray_train
+
+    cfg = Config()
+    cfg.train.num_workers = 1
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head.example:10001")
+    with pytest.raises(ValueError, match="driver-local paths"):
+        run_ray_train(lambda c: None, {"samples_uri": str(tmp_path)}, cfg, "x")
+
+
+def test_bad_training_input_is_a_one_line_value_error(tiny, tmp_path):
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from pi2i.prs.train import load_model, train
+
+    cfg, _data, _i2i, samples = tiny
+    bad = tmp_path / "nan"
+    shutil.copytree(samples, bad)
+    t = pq.read_table(bad / "i2i.parquet")
+    score = t.column("score").to_numpy().copy()
+    score[3] = np.nan
+    pq.write_table(t.set_column(t.column_names.index("score"), "score", pa.array(score, t.schema.field("score").type)),
+                   bad / "i2i.parquet")
+    with pytest.raises(ValueError, match="non-finite i2i scores"):
+        train(str(bad), str(tmp_path / "m1"), cfg, progress=False)
+    other = tmp_path / "pdn_model"
+    other.mkdir()
+    (other / "method.json").write_text('{"method": "pdn", "format_version": 2}')
+    with pytest.raises(ValueError, match="holds a pdn model"):
+        train(samples, str(other), cfg, progress=False)
+    with pytest.raises(ValueError, match="holds a pdn model"):
+        load_model(str(other))
+    empty = tmp_path / "empty"
+    shutil.copytree(samples, empty)
+    for f, shape in (("user", (0,)), ("pos", (0,)), ("cands", (0, 5))):
+        np.save(empty / "samples" / f"{f}.npy", np.zeros(shape, np.int64))
+    with pytest.raises(ValueError, match="no training samples"):
+        train(str(empty), str(tmp_path / "m2"), cfg, progress=False)

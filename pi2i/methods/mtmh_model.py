@@ -182,7 +182,9 @@ def mtmh_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(tc.seed)
-    size_threads(tc.torch_threads or None)
+    # One intra-op thread unless train.torch_threads says otherwise: these models run many small ops, and on a
+    # shared 2-core node 2 OpenMP threads ran 5-10x slower than 1 (benchmarks/results/methods.json notes).
+    size_threads(tc.torch_threads or 1)
     t_tr, p_tr, t_va, p_va, codes = _pairs(config, cfg)
     rng = np.random.default_rng(tc.seed)
     if len(t_va) > VAL_MAX_PAIRS:

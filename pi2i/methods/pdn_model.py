@@ -268,7 +268,9 @@ def pdn_loop(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(tc.seed)
-    size_threads(tc.torch_threads or None)
+    # One intra-op thread unless train.torch_threads says otherwise: these models run many small ops, and on a
+    # shared 2-core node 2 OpenMP threads ran 5-10x slower than 1 (benchmarks/results/methods.json notes).
+    size_threads(tc.torch_threads or 1)
     ss, sampling = open_samples(config["samples_uri"], "pdn")
     columns = candidate_columns(ss.cands.shape[1], int(sampling.get("hard_negatives", 20)), pc.negatives)
     feat = Featurizer.load(config["featurizer_uri"])

@@ -435,8 +435,8 @@ class Features:
     logq: np.ndarray | None = None  # float32 [G, C] training only: log draw probability (logQ correction)
 
     def take(self, g: np.ndarray) -> Features:
-        return Features(*(None if getattr(self, f) is None else getattr(self, f)[g]
-                          for f in self.__dataclass_fields__))
+        parts = [None if getattr(self, f) is None else getattr(self, f)[g] for f in self.__dataclass_fields__]
+        return Features(*parts)  # type: ignore[arg-type]
 
 
 def featurize(groups: Groups, cands: np.ndarray, lookup: RowLookup, info: ItemInfo, H: int,

@@ -69,16 +69,16 @@ def set_threads(n: int | None = None) -> int:
     n = max(1, int(n or cpu_quota()))
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ.setdefault(var, str(n))
+    try:  # numba first: starting its OpenMP pool resets the process's OpenMP thread count, which torch shares
+        import numba
+
+        numba.set_num_threads(min(n, int(getattr(numba.config, "NUMBA_NUM_THREADS", n))))
+    except (ImportError, ValueError):
+        pass
     import torch
 
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
-    try:
-        import numba
-
-        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
-    except (ImportError, ValueError):
-        pass
     return n
 
 
@@ -91,6 +91,13 @@ def run_ray_train(loop_fn: Callable[[dict], None], loop_config: dict[str, Any], 
     from ray.train.torch import TorchTrainer
 
     tc = cfg.train
+    address = os.environ.get("RAY_ADDRESS", "")
+    if tc.num_workers > 0 and address and address not in ("local", "auto") and not address.startswith(
+            ("127.0.0.1", "localhost")):
+        local = [k for k, v in loop_config.items() if isinstance(v, str) and v.startswith("/") and os.path.exists(v)]
+        if local:
+            raise ValueError(f"Ray cluster {address} cannot read driver-local paths in {local}: pass object-store "
+                             f"URIs (s3://...)")
     run_name = f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     storage = tc.storage_path or os.path.join(tempfile.gettempdir(), "pi2i-ray-train")
     if "://" not in storage:

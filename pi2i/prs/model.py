@@ -23,6 +23,7 @@ feature at all (E_trigger = 0; the cross features stay).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 import pyarrow as pa
@@ -285,7 +286,7 @@ class PRSModel(nn.Module):
         w_trig = torch.cat([wq[:, :D], wh[:, 3 * D:4 * D]])  # [Hq+Hh, D]: E_trigger's columns of both layers
         w_tgt = torch.cat([wq[:, D:2 * D], wh[:, 4 * D:5 * D]])
         w_cross = torch.cat([wq[:, 2 * D:], wh[:, 5 * D:]])
-        cross_out = self.cross_proj[-1]  # E_cross = cross_out(z)
+        cross_out = cast(nn.Linear, self.cross_proj[-1])  # E_cross = cross_out(z)
         z = self.cross_proj[:-1](self.cross_norm(b["cross"]))  # [G, C, D]
         bias = torch.cat([self.query.first.lin.bias, self.head.first.lin.bias]) + w_cross @ cross_out.bias
         # target: W·E_item(x) per distinct item, gathered
@@ -335,14 +336,13 @@ class PRSModel(nn.Module):
 
     @staticmethod
     def _last_linear(head: MLPHead) -> nn.Linear:
-        return head.rest[-1][-1]
+        return cast(nn.Linear, cast(nn.Sequential, head.rest[-1])[-1])
 
     @staticmethod
     def _before_last(head: MLPHead, x: torch.Tensor) -> torch.Tensor:
         """``head.rest`` up to (not including) its last linear layer."""
-        for mod in head.rest[:-1]:
-            x = mod(x)
-        for mod in head.rest[-1][:-1]:
+        rest = list(head.rest.children())
+        for mod in rest[:-1] + list(cast(nn.Sequential, rest[-1]).children())[:-1]:
             x = mod(x)
         return x
 

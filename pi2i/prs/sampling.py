@@ -396,7 +396,7 @@ class SampleSet:
         groups = build_groups(self.clicks.items, self.clicks.ts, lo, hi, num_triggers, seq_len)
         want = with_logq and self.rates is not None
         feat = featurize(groups, np.asarray(self.cands[idx]), self.lookup, self.info, max_hits, hit_split=want)
-        if want:
+        if want and self.rates is not None and feat.hits_pe is not None:
             r = np.asarray(self.rates[idx], np.float64)
             q = np.minimum(1.0, r[:, :1] * feat.hits_pe[..., 0] + r[:, 1:] * feat.hits_pe[..., 1])
             feat.logq = np.where(q > 0, np.log(np.maximum(q, 1e-30)), 0.0).astype(np.float32)

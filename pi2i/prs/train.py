@@ -38,6 +38,7 @@ from pi2i.contracts import (
     write_json,
     write_parquet,
 )
+from pi2i.prs.candidates import CROSS_FEATURES
 from pi2i.prs.io import copy_file, read_bytes
 from pi2i.prs.io import uri as _uri
 from pi2i.prs.model import PRSModel, Vocab, positive_rank, softmax_loss, to_tensors
@@ -86,6 +87,7 @@ def batches(ss: SampleSet, index_batches: list[np.ndarray], vocab: Vocab, cfg: C
         return
     def make(idx: np.ndarray) -> dict[str, torch.Tensor]:
         feat = _features(ss, idx, cfg, with_logq=cfg.train.logq_correction)
+        leave_one_out_popularity(feat)
         b = to_tensors(feat, vocab, device)
         if feat.logq is not None:
             b["logq"] = torch.from_numpy(np.ascontiguousarray(feat.logq[:, :b["cand"].shape[1]])).to(device)
@@ -98,6 +100,15 @@ def batches(ss: SampleSet, index_batches: list[np.ndarray], vocab: Vocab, cfg: C
             if i + 1 < len(index_batches):
                 fut = pool.submit(make, index_batches[i + 1])
             yield idx, b
+
+
+def leave_one_out_popularity(feat) -> None:
+    """The positive's popularity feature without the click being predicted (in place): training counts include
+    that click, serving never sees a future click counted — otherwise an item clicked once looks like a likely
+    positive to the model (its only click is always a positive)."""
+    j = CROSS_FEATURES.index("log_popularity")
+    x = feat.cross[:, 0, j]
+    feat.cross[:, 0, j] = np.where(feat.cands[:, 0] >= 0, np.log1p(np.maximum(np.expm1(x) - 1.0, 0.0)), x)
 
 
 class ThreadTuner:
@@ -185,7 +196,8 @@ def _train_loop(config: dict) -> None:
     net = ray.train.torch.prepare_model(model) if world > 1 else model
     opt = torch.optim.Adam(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     my_val = val_idx[rank::world]
-    best, best_state, bad, history = float("inf"), None, 0, []
+    best, bad, history = float("inf"), 0, []
+    best_state: dict = {}
     for epoch in range(tc.epochs):
         t0 = time.perf_counter()
         perm = np.random.default_rng([tc.seed, epoch]).permutation(train_idx)
@@ -227,9 +239,9 @@ def _train_loop(config: dict) -> None:
              "val_hr1": float(ev[2] / n), "val_hr10": float(ev[3] / n), "val_mrr": float(ev[4] / n),
              "val_samples": int(ev[0]), "train_samples": int(tr[1]), "epoch_seconds": round(train_s, 3),
              "train_samples_per_s": float(tr[1] / train_s) if train_s > 0 else None}
-        improved = m["val_loss"] < best - 1e-6
-        if improved:
-            best, bad = m["val_loss"], 0
+        val_loss = float(m["val_loss"] or 0.0)
+        if val_loss < best - 1e-6 or not best_state:
+            best, bad = val_loss, 0
             best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         else:
             bad += 1
