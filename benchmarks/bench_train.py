@@ -70,15 +70,14 @@ def worker(samples: str, batches: int, batch_size: int, variant: str) -> dict:
         new = False
     if new:
         quota = set_threads()
-        tuner = ThreadTuner(quota, period=max(batches, 10), trial=2)
+        tuner = ThreadTuner(quota, period=1000, trial=3)
         t0 = c0 = None
         used = []
-        for k, (i, b) in enumerate(batch_iter(ss, idx, vocab, cfg)):
+        for k, (i, b) in enumerate(batch_iter(ss, idx, vocab, cfg, prefetch=tuner.prefetch)):
             if k == 1:
                 t0, c0 = time.perf_counter(), time.process_time()
-            tuner.before()
             step(b)
-            tuner.after(len(i))
+            tuner.tick(len(i))
             used.append(torch.get_num_threads())
         threads = used
     else:

@@ -64,6 +64,8 @@ class SamplingConfig(_Section):
     easy_negatives: int = Field(80, ge=0, description="from the rows of the other triggers (paper: 80)")
     target_horizon: int = Field(1, ge=1, description="the target is one of the next N clicks (1 = the next "
                                                     "click, the paper); >1 trains for a longer horizon")
+    future_exclusion: int = Field(50, ge=0, description="negatives never include the user's next N clicks "
+                                                        "(false negatives); 0 = off")
     fill_negatives: bool = Field(True, description="fill easy slots the other triggers' rows cannot fill from "
                                                    "the positive triggers' rows (no padded negatives)")
     min_history: int = Field(1, ge=1, description="earliest training position in a user's sequence")

@@ -93,6 +93,9 @@ def test_samples_follow_the_trigger_target_rules(tiny):
         assert c[0] == target
         neg = c[1:][c[1:] >= 0]
         assert target not in neg and len(np.unique(neg)) == len(neg)
+        end = clicks.user_ptr[ss.user[i] + 1]
+        future = clicks.items[ss.pos[i] + 1:min(end, ss.pos[i] + 1 + cfg.sampling.future_exclusion)]
+        assert not np.isin(neg, future).any()  # the user's next clicks are never negatives
         trig = feat.triggers[j][feat.triggers[j] >= 0]
         rows = {t: set(lk.index.row(t)[0].tolist()) for t in trig}
         pos_trig = [t for t in trig if target in rows[t]]
@@ -103,7 +106,8 @@ def test_samples_follow_the_trigger_target_rules(tiny):
         hard = hard[hard >= 0]
         pos_rows = set().union(*(rows[t] for t in pos_trig))
         n_hard = int(np.isin(hard, list(pos_rows)).sum())
-        assert n_hard == len(hard) or len(pos_rows) - 1 <= n_hard  # hard negatives: rows of positive triggers
+        drawable = pos_rows - {int(target)} - set(future.tolist())
+        assert n_hard == len(hard) or len(drawable) <= n_hard  # hard negatives: rows of positive triggers
         # the most recent trigger is the last distinct click before the target
         assert trig[0] == clicks.items[ss.pos[i] - 1]
         # logQ: log of each candidate's draw chance, min(1, rate_P·hits_P + rate_E·hits_E) (brute force here)

@@ -8,6 +8,8 @@ the target and sampled without replacement where the pool allows (seeded, indepe
 
 * **hard**: from the rows of ``P`` (``sampling.hard_negatives``),
 * **easy**: from the rows of the other triggers (``sampling.easy_negatives``);
+* never the user's next ``sampling.future_exclusion`` clicks (they are positives of later positions, not
+  negatives; a false negative teaches the scorer to push down what the user does click soon);
 * **fill** (``sampling.fill_negatives``): where the other triggers' rows hold fewer than that (few triggers, a
   small catalogue), the remaining easy slots are drawn from the positive triggers' rows, so a sample keeps its
   full set of negatives instead of padding.
@@ -103,7 +105,7 @@ def _seen(out, c, x):
 
 
 @nb.njit(cache=True)
-def _draw(rows, use, n_want, target, out, c, state, indptr, s_targets):
+def _draw(rows, use, n_want, target, out, c, state, indptr, s_targets, future):
     """Append up to ``n_want`` distinct items of the pooled rows to ``out[c:]`` (never the target or an item
     already in ``out``). Small pools are walked in a random permutation (exact sampling without replacement),
     large ones by rejection with a bounded number of draws."""
@@ -124,7 +126,7 @@ def _draw(rows, use, n_want, target, out, c, state, indptr, s_targets):
             if c >= limit:
                 break
             x = _pool_item(perm[i], rows, use, indptr, s_targets)
-            if x != target and not _seen(out, c, x):
+            if x != target and not _seen(out, c, x) and not _seen(future, len(future), x):
                 out[c] = x
                 c += 1
     else:
@@ -133,15 +135,15 @@ def _draw(rows, use, n_want, target, out, c, state, indptr, s_targets):
             tries += 1
             state, v = _rng(state)
             x = _pool_item(np.int64(v % np.uint64(tot)), rows, use, indptr, s_targets)
-            if x != target and not _seen(out, c, x):
+            if x != target and not _seen(out, c, x) and not _seen(future, len(future), x):
                 out[c] = x
                 c += 1
     return c, state
 
 
 @nb.njit(cache=True, parallel=True)
-def _sample_kernel(items, ts, click_rows, pos_lo, pos_t, pos_end, horizon, L, n_hard, n_easy, fill, seed, indptr,
-                   s_targets, cands, npos, nhard, neasy, nfill, rates):
+def _sample_kernel(items, ts, click_rows, pos_lo, pos_t, pos_end, horizon, n_future, L, n_hard, n_easy, fill, seed,
+                   indptr, s_targets, cands, npos, nhard, neasy, nfill, rates):
     for p in nb.prange(len(pos_t)):
         lo, t = pos_lo[p], pos_t[p]
         target = items[t]
@@ -176,12 +178,13 @@ def _sample_kernel(items, ts, click_rows, pos_lo, pos_t, pos_end, horizon, L, n_
         out[0] = target
         state = np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15) ^ np.uint64(p)
         state, _ = _rng(state)
-        c, state = _draw(rows, pos_trig, n_hard, target, out, 1, state, indptr, s_targets)
+        future = items[t + 1:min(pos_end[p], t + 1 + n_future)]  # the user's next clicks are no negatives
+        c, state = _draw(rows, pos_trig, n_hard, target, out, 1, state, indptr, s_targets, future)
         nhard[p] = c - 1
-        c2, state = _draw(rows, neg_trig, n_easy, target, out, c, state, indptr, s_targets)
+        c2, state = _draw(rows, neg_trig, n_easy, target, out, c, state, indptr, s_targets, future)
         neasy[p] = c2 - c
         if fill and c2 < c + n_easy:  # too few other triggers' items: fill the slots from the positive rows
-            c3, state = _draw(rows, pos_trig, c + n_easy - c2, target, out, c2, state, indptr, s_targets)
+            c3, state = _draw(rows, pos_trig, c + n_easy - c2, target, out, c2, state, indptr, s_targets, future)
             nfill[p] = c3 - c2
         # logQ rates: draws are uniform over the entries of the positive triggers' rows (hard + fill) and of the
         # other rows (easy): q(x) ~ min(1, rate_P · hits_P(x) + rate_E · hits_E(x)), hits counted at training
@@ -301,7 +304,7 @@ def build_samples(events_uri: str, i2i_uri: str, out_dir: str, cfg: Config, item
     t1 = time.perf_counter()
     pos_end = clicks.user_ptr[user_of + 1]
     _sample_kernel(clicks.items, clicks.ts, click_rows, pos_lo, pos_t.astype(np.int64), pos_end,
-                   sc.target_horizon, sc.num_triggers,
+                   sc.target_horizon, sc.future_exclusion, sc.num_triggers,
                    sc.hard_negatives, sc.easy_negatives, sc.fill_negatives, sc.seed, index.indptr,
                    lookup.s_targets, cands, npos, nhard, neasy, nfill, rates)
     t_kernel = time.perf_counter() - t1

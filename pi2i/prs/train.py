@@ -20,7 +20,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -80,11 +80,14 @@ def _single_thread_numba() -> None:
 
 
 def batches(ss: SampleSet, index_batches: list[np.ndarray], vocab: Vocab, cfg: Config,
-            device: torch.device | str = "cpu") -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
-    """Model inputs of each index batch, built one batch ahead on a background thread: the compiled feature
-    kernels release the GIL, so feature assembly overlaps the forward/backward pass instead of adding to it."""
+            device: torch.device | str = "cpu", prefetch: Callable[[], bool] = lambda: True
+            ) -> Iterator[tuple[np.ndarray, dict[str, torch.Tensor]]]:
+    """Model inputs of each index batch. While ``prefetch()`` says so, the next batch is built on a background
+    thread (the compiled feature kernels release the GIL, so feature assembly overlaps the forward/backward
+    pass); otherwise it is built inline, with this thread's numba pool (all of the quota)."""
     if not index_batches:
         return
+
     def make(idx: np.ndarray) -> dict[str, torch.Tensor]:
         feat = _features(ss, idx, cfg, with_logq=cfg.train.logq_correction)
         leave_one_out_popularity(feat)
@@ -94,11 +97,10 @@ def batches(ss: SampleSet, index_batches: list[np.ndarray], vocab: Vocab, cfg: C
         return b
 
     with ThreadPoolExecutor(1, thread_name_prefix="pi2i-batches", initializer=_single_thread_numba) as pool:
-        fut = pool.submit(make, index_batches[0])
+        fut = None
         for i, idx in enumerate(index_batches):
-            b = fut.result()
-            if i + 1 < len(index_batches):
-                fut = pool.submit(make, index_batches[i + 1])
+            b = fut.result() if fut is not None else make(idx)
+            fut = pool.submit(make, index_batches[i + 1]) if i + 1 < len(index_batches) and prefetch() else None
             yield idx, b
 
 
@@ -112,34 +114,44 @@ def leave_one_out_popularity(feat) -> None:
 
 
 class ThreadTuner:
-    """Chooses torch's intra-op thread count from measured step times: every ``period`` steps it times
-    ``trial`` steps at each candidate count and keeps the fastest. On a quiet node all of the quota wins; when
-    other processes compete for the cores, fewer threads win (OpenMP barriers wait on preempted threads)."""
+    """Chooses, from measured step times, how the CPU quota is split: all of it to torch's intra-op pool with
+    features built inline, or quota-1 torch threads with features prefetched on a background thread. Every
+    ``period`` steps it times ``trial`` steps of each and keeps the faster. On a quiet node the first tends to
+    win; when other processes compete for the cores the second does (OpenMP barriers wait on preempted threads).
+    ``fixed`` pins torch's thread count (``train.torch_threads``)."""
 
     def __init__(self, quota: int, fixed: int = 0, period: int = 100, trial: int = 3):
-        self.options = [fixed] if fixed else sorted({1, quota})
+        self.quota = max(1, quota)
+        self.options = [fixed] if fixed else sorted({max(1, self.quota - 1), self.quota})
         self.period, self.trial = period, trial
         self.step = 0
         self.times: dict[int, list[float]] = {n: [] for n in self.options}
-        self.current = self.options[-1]
+        self.current = self.options[0] if len(self.options) > 1 else self.options[-1]
+        self._last = time.perf_counter()
         torch.set_num_threads(self.current)
 
-    def before(self) -> None:
+    def prefetch(self) -> bool:
+        """Build the next batch on the background thread (torch does not hold the whole quota)."""
+        return self.current < self.quota
+
+    def tick(self, n_samples: int) -> None:
+        """End of a step of ``n_samples``: record its wall time (batch building included), pick the next setting."""
+        now = time.perf_counter()
+        n_trial = self.trial * len(self.options)
+        phase = self.step % self.period
+        if len(self.options) > 1 and 0 < phase <= n_trial:  # skip the first step of a trial window (switch cost)
+            self.times[self.current].append((now - self._last) / max(n_samples, 1))
+        self._last = now
+        self.step += 1
+        phase = self.step % self.period
         if len(self.options) > 1:
-            phase = self.step % self.period
-            n_trial = self.trial * len(self.options)
             if phase < n_trial:
                 self.current = self.options[phase // self.trial]
             elif phase == n_trial:
-                self.current = min(self.options, key=lambda n: float(np.median(self.times[n][-self.trial:])))
+                self.current = min(self.options,
+                                   key=lambda n: float(np.median(self.times[n][-self.trial:] or [np.inf])))
             if torch.get_num_threads() != self.current:
                 torch.set_num_threads(self.current)
-        self._t0 = time.perf_counter()
-
-    def after(self, n_samples: int) -> None:
-        if len(self.options) > 1 and self.step % self.period < self.trial * len(self.options):
-            self.times[self.current].append((time.perf_counter() - self._t0) / max(n_samples, 1))
-        self.step += 1
 
 
 def _evaluate(model: PRSModel, ss: SampleSet, idx: np.ndarray, vocab: Vocab, cfg: Config,
@@ -210,8 +222,7 @@ def _train_loop(config: dict) -> None:
         tot_loss, seen = 0.0, 0
         idx_batches = [np.sort(mine[bi * tc.batch_size:(bi + 1) * tc.batch_size]) for bi in range(n_batches)]
         idx_batches = [i for i in idx_batches if len(i)]
-        for bi, (idx, b) in enumerate(batches(ss, idx_batches, vocab, cfg, device)):
-            tuner.before()
+        for bi, (idx, b) in enumerate(batches(ss, idx_batches, vocab, cfg, device, tuner.prefetch)):
             logits = net(b)
             loss = softmax_loss(logits - b["logq"] if "logq" in b else logits)
             if not torch.isfinite(loss):
@@ -220,7 +231,7 @@ def _train_loop(config: dict) -> None:
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            tuner.after(len(idx))
+            tuner.tick(len(idx))
             tot_loss += loss.item() * len(idx)
             seen += len(idx)
             if rank == 0 and config.get("progress") and (bi + 1) % max(1, n_batches // 5) == 0:
