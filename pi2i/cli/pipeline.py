@@ -65,14 +65,17 @@ def compile_cmd(out: Annotated[Path, typer.Option("--out", help="where to write 
     typer.echo(str(compile_pipeline(out)))
 
 
-def _data_ready(data: Path) -> bool:
-    return (data / "events.parquet").exists()
+def _data_ready(data: Path | str) -> bool:
+    from pi2i.contracts import EVENTS_FILE, exists, join
+
+    return exists(join(str(data), EVENTS_FILE))
 
 
 @pipeline_app.command("run")
 def run_cmd(
-    data: Annotated[Path, typer.Option("--data", help="data dir (events.parquet, items.parquet, ...)")],
-    registry: Annotated[Path, typer.Option("--registry", help="version registry; gains a live version on a pass")],
+    data: Annotated[str, typer.Option("--data", help="data dir or URI (events.parquet, items.parquet, ...)")],
+    registry: Annotated[str, typer.Option("--registry", help="version registry (dir or URI, e.g. s3://b/registry); "
+                                                             "gains a live version on a pass")],
     local: Annotated[bool, typer.Option("--local/--no-local", help="run with kfp.local (the only mode here; "
                                                                   "use `submit` for a cluster)")] = True,
     work_dir: Annotated[Path | None, typer.Option("--work-dir", help="pipeline root for artifacts "
@@ -99,10 +102,14 @@ def run_cmd(
         from pi2i.data.synthetic import generate_preset
 
         typer.echo(f"generating the {preset!r} preset into {data}", err=True)
-        generate_preset(preset, str(data), seed=0)
+        from pi2i.contracts import local_output_dir
+
+        with local_output_dir(data) as local_data:  # a URI: generated locally, then uploaded
+            generate_preset(preset, local_data, seed=0)
     from pipelines.run_local import run_local
 
-    wd = work_dir or registry.resolve().parent / "pipeline-work"
+    wd = work_dir or (Path(registry).resolve().parent / "pipeline-work" if "://" not in registry
+                      else Path("pipeline-work").resolve())
     result = run_local(str(data), str(registry), str(wd), run_date=day, config=cfg,
                        feature_repo="" if no_feast else None, service_url=service_url)
     typer.echo(json.dumps(result, indent=2, default=str))

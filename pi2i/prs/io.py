@@ -10,6 +10,7 @@ import os
 import numpy as np
 import pyarrow.fs as pafs
 
+from pi2i import contracts
 from pi2i.contracts import resolve
 
 
@@ -23,20 +24,15 @@ def is_local(path_or_uri: str) -> bool:
 
 
 def read_bytes(path_or_uri: str) -> bytes:
-    fs, path = resolve(path_or_uri)
-    with fs.open_input_stream(path) as f:
-        return f.read()
+    return contracts.read_bytes(path_or_uri)
 
 
 def write_bytes(data: bytes, path_or_uri: str) -> None:
-    fs, path = resolve(path_or_uri)
-    fs.create_dir(os.path.dirname(path), recursive=True)
-    with fs.open_output_stream(path) as f:
-        f.write(data)
+    contracts.write_bytes(data, path_or_uri)  # whole or not at all, on any filesystem
 
 
 def copy_file(src: str, dst: str) -> None:
-    write_bytes(read_bytes(src), dst)
+    contracts.copy_file(src, dst)
 
 
 def load_npy(path_or_uri: str, mmap: bool = True) -> np.ndarray:

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numba as nb
 import numpy as np
@@ -48,6 +47,7 @@ from pi2i.contracts import (
     exists,
     join,
     makedirs,
+    parent,
     read_events,
     read_json,
     read_parquet,
@@ -260,8 +260,8 @@ def items_table(items_uri: str | None, events_uri: str, clicks: Clicks) -> pa.Ta
     """Side info: ``items_uri``, else ``items.parquet`` beside the events, else bare ids from the clicks."""
     uri = items_uri
     if uri is None:
-        sib = str(Path(events_uri).parent / ITEMS_FILE) if "://" not in events_uri else None
-        uri = sib if sib and exists(sib) else None
+        sib = join(parent(events_uri), ITEMS_FILE)
+        uri = sib if exists(sib) else None
     if uri is not None:
         t = read_parquet(uri)
         cols = {"item_id": t.column("item_id").cast(pa.int64())}
