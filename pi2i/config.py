@@ -110,6 +110,9 @@ class TrainConfig(_Section):
                                                     "times within the CPU quota")
     logq_correction: bool = Field(True, description="sampled softmax with logQ correction: subtract each "
                                                     "candidate's log draw probability from its training logit")
+    calibration_samples: int = Field(
+        1000, ge=0, description="validation samples whose FULL candidate pool is ranked to choose the popularity /"
+        " Swing weights of the final score (HR@eval.gate_k); 0 = no calibration (pure model ordering)")
     seed: int = 0
 
 

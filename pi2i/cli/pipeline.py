@@ -219,8 +219,15 @@ def demo_cmd(
     exe = shutil.which("pi2i") or str(Path(sys.executable).with_name("pi2i"))
     typer.echo(f"[3/3] serving {live} on {url}   (Ctrl-C to stop)\ntry: {example}", err=True)
     cmd = [exe, "serve", "--registry", str(registry), "--port", str(port)]
+    env = dict(os.environ)
+    if not env.get("PI2I_ADMIN_TOKEN"):  # a local demo gets its own token; a deployment brings a Secret
+        import secrets
+
+        env["PI2I_ADMIN_TOKEN"] = secrets.token_hex(16)
+        typer.echo(f"demo tokens (admin + write): export PI2I_ADMIN_TOKEN={env['PI2I_ADMIN_TOKEN']} "
+                   f"PI2I_WRITE_TOKEN={env['PI2I_ADMIN_TOKEN']}", err=True)
     try:
-        sys.exit(subprocess.call(cmd, env={**os.environ}))
+        sys.exit(subprocess.call(cmd, env=env))
     except KeyboardInterrupt:
         pass
 

@@ -19,7 +19,16 @@ import torch
 
 from pi2i.contracts import ITEMS_FILE, join, read_parquet
 from pi2i.ibs.i2i import I2IIndex
-from pi2i.prs.candidates import Groups, ItemInfo, RowLookup, candidate_union, featurize, serving_groups
+from pi2i.prs.candidates import (
+    CROSS_FEATURES,
+    Features,
+    Groups,
+    ItemInfo,
+    RowLookup,
+    candidate_union,
+    featurize,
+    serving_groups,
+)
 from pi2i.prs.model import Vocab, to_tensors
 from pi2i.prs.sampling import POPULARITY_FILE
 
@@ -30,6 +39,38 @@ class Recommendation:
     scores: np.ndarray  # float32
     triggers: list[np.ndarray]  # per item: the trigger item ids whose i2i row retrieved it (the explanation)
     num_candidates: int
+
+
+#: the cross features the calibration adds to the model's logit: the item's log popularity, and its summed Swing
+#: score over the hitting triggers (the classic Swing I2I ranking of the pool)
+POPULARITY_FEATURE, SWING_FEATURE = (CROSS_FEATURES.index("log_popularity"), CROSS_FEATURES.index("sum_score"))
+
+
+def standardize_rows(x: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Per-row z-score over the valid entries (a row with one value or no spread gets 0); invalid entries 0."""
+    n = np.maximum(valid.sum(1, keepdims=True), 1)
+    xv = np.where(valid, x, 0.0).astype(np.float64)
+    mean = xv.sum(1, keepdims=True) / n
+    var = (np.where(valid, xv - mean, 0.0) ** 2).sum(1, keepdims=True) / n
+    return np.where(valid, (xv - mean) / np.sqrt(np.maximum(var, 1e-12)), 0.0)
+
+
+def calibrated_scores(logits: np.ndarray, cross: np.ndarray, a: float, b: float) -> np.ndarray:
+    """``z(logit) + a·z(log popularity) + b·z(Σ Swing score)``, z = per-user standardization over the user's
+    pool (-inf pads stay -inf). ``a = b = 0`` returns the logits unchanged (the pure model ordering); large ``a``
+    (``b``) orders the pool by popularity (Swing) with the model breaking ties. ``a, b`` are chosen at training
+    time on validation users by full-pool HR@K (:func:`pi2i.prs.train.calibrate`): the sampled-softmax objective
+    ranks a sample's ~100 candidates, serving ranks the whole pool, and how much the popularity / Swing priors
+    should count there is measured, not assumed."""
+    if a == 0 and b == 0:
+        return logits
+    valid = np.isfinite(logits)
+    s = standardize_rows(logits, valid)
+    if a:
+        s = s + a * standardize_rows(cross[..., POPULARITY_FEATURE], valid)
+    if b:
+        s = s + b * standardize_rows(cross[..., SWING_FEATURE], valid)
+    return np.where(valid, s, -np.inf).astype(np.float32)
 
 
 def _empty() -> Recommendation:
@@ -52,6 +93,9 @@ class Scorer:
         self.cells = cells
         #: weight of the history's category mix in the final score (``model.stability``; see :meth:`adjust`)
         self.stability = float(cfg.model.stability if stability is None else stability)
+        cal = meta.get("calibration") or {}
+        #: (a, b) of :func:`calibrated_scores`, chosen on validation users by full-pool HR@K (see train.py)
+        self.calibration = (float(cal.get("popularity", 0.0)), float(cal.get("swing", 0.0)))
 
     @classmethod
     def load(cls, model_dir: str, i2i: I2IIndex, stability: float | None = None) -> Scorer:
@@ -101,11 +145,19 @@ class Scorer:
         """Serving groups: each history normalized as the sampler normalizes clicks, context = all of it."""
         return serving_groups(histories, self.num_triggers, self.seq_len, self.dedup)
 
+    def features(self, groups: Groups, cands: np.ndarray) -> Features:
+        return featurize(groups, cands, self.lookup, self.info, self.max_hits)
+
     @torch.inference_mode()
+    def model_scores(self, groups: Groups, feat: Features) -> np.ndarray:
+        """Model logits [G, C] with the recency/stability prior (:meth:`adjust`); -1 pad → -inf."""
+        return self.adjust(groups, feat.cands, self.model(to_tensors(feat, self.vocab)).numpy())
+
     def score_candidates(self, groups: Groups, cands: np.ndarray) -> np.ndarray:
-        """Model logits [G, C] of candidates [G, C] (-1 pad → -inf)."""
-        feat = featurize(groups, cands, self.lookup, self.info, self.max_hits)
-        return self.adjust(groups, cands, self.model(to_tensors(feat, self.vocab)).numpy())
+        """Final scores [G, C] of candidates [G, C] (-1 pad → -inf): model logits, calibrated
+        (:func:`calibrated_scores`) with the weights chosen at training time."""
+        feat = self.features(groups, cands)
+        return calibrated_scores(self.model_scores(groups, feat), feat.cross, *self.calibration)
 
     def adjust(self, groups: Groups, cands: np.ndarray, logits: np.ndarray) -> np.ndarray:
         """Recency vs stability: ``logit + stability · log((n_c + 1) / (n + 1))`` with ``n_c`` the clicks of the

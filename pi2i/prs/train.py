@@ -38,7 +38,7 @@ from pi2i.contracts import (
     write_json,
     write_parquet,
 )
-from pi2i.prs.candidates import CROSS_FEATURES
+from pi2i.prs.candidates import CROSS_FEATURES, Groups
 from pi2i.prs.io import copy_file, read_bytes
 from pi2i.prs.io import uri as _uri
 from pi2i.prs.model import PRSModel, Vocab, positive_rank, softmax_loss, to_tensors
@@ -48,6 +48,7 @@ CONFIG_FILE, WEIGHTS_FILE, VOCAB_FILE, METRICS_FILE = (
     "config.json", "model.safetensors", "vocab.parquet", "train_metrics.json")
 HISTORY_FILE = "history.json"
 STATS_FILE = "train_stats.json"
+SWING_FEATURE_INDEX = CROSS_FEATURES.index("sum_score")
 MODEL_FORMAT = "pi2i-prs/2"  # 2: the log_popularity cross feature  # the contract: samples_per_s, val_hr10
 VAL_MAX_SAMPLES = 5000
 NORM_FIT_SAMPLES = 2048
@@ -62,6 +63,70 @@ def split_samples(ss: SampleSet, val_fraction: float, seed: int) -> tuple[np.nda
     if is_val.all() or (~is_val).all():  # tiny data: fall back to a seeded per-sample split
         is_val = np.random.default_rng(seed).random(len(ss)) < val_fraction
     return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+
+#: weights tried for each of the popularity and Swing terms of the calibrated score (0 = off; 100 ≈ that ordering)
+CALIBRATION_GRID = (0.0, 0.1, 0.3, 1.0, 3.0, 10.0, 100.0)
+CALIBRATION_CELLS = 1 << 18
+
+
+def calibrate(model: PRSModel, cfg: Config, meta: dict, vocab: Vocab, ss: SampleSet, val_idx: np.ndarray,
+              k: int, grid: tuple[float, ...] = CALIBRATION_GRID) -> dict:
+    """Choose the weights ``(a, b)`` of :func:`pi2i.prs.scoring.calibrated_scores` by full-pool HR@k on
+    validation samples, scored exactly as serving scores (:class:`pi2i.prs.scoring.Scorer`): the context is the
+    user's clicks before the sample's click, the pool the union of its triggers' i2i rows minus those clicks, the
+    hit the sample's click ranked within the top k of that pool. The grid holds ``(0, 0)`` (the model alone) and
+    weights large enough to reduce to popularity / Swing order within the pool, so the chosen score is never
+    worse on validation than those orderings; ties go to the smaller weights (the model)."""
+    from pi2i.prs.candidates import build_groups, candidate_union
+    from pi2i.prs.scoring import POPULARITY_FEATURE, Scorer, standardize_rows
+
+    scorer = Scorer(model, cfg, meta, vocab, ss.lookup, ss.info, np.empty(0, np.int64))
+    idx = np.sort(np.asarray(val_idx, np.int64))
+    n_max = cfg.train.calibration_samples
+    if len(idx) > n_max:
+        idx = np.sort(np.random.default_rng([cfg.train.seed, 7]).choice(idx, n_max, replace=False))
+    items, ts = np.asarray(ss.clicks.items), np.asarray(ss.clicks.ts)
+    hi = np.asarray(ss.pos[idx], np.int64)
+    lo = np.asarray(ss.clicks.user_ptr)[np.asarray(ss.user[idx])]
+    target = np.asarray(ss.cands[idx, 0], np.int64)
+    seen = [items[a:b] for a, b in zip(lo, hi)]
+    groups = build_groups(items, ts, lo, hi, cfg.sampling.num_triggers, cfg.sampling.seq_len)
+    cands = candidate_union(ss.lookup, groups.triggers, seen)
+    in_pool = (cands == target[:, None]).any(1)  # a repeat click (target in its own history) is never a hit
+    weights = [(a, b) for a in grid for b in grid]
+    hits = np.zeros(len(weights), np.int64)
+    n = (cands >= 0).sum(1)
+    order = np.argsort(-n, kind="stable")
+    order = order[in_pool[order]]
+    s = 0
+    while s < len(order):
+        width = int(n[order[s]])
+        chunk = order[s:s + max(1, CALIBRATION_CELLS // max(width, 1))]
+        s += len(chunk)
+        g = Groups(*(getattr(groups, f)[chunk] for f in Groups.__dataclass_fields__))
+        c = cands[chunk, :width]
+        feat = scorer.features(g, c)
+        is_pos = c == target[chunk, None]
+        pop = feat.cross[..., POPULARITY_FEATURE]  # leave-one-out: the click being predicted is not counted
+        pop[is_pos] = np.log1p(np.maximum(np.expm1(pop[is_pos]) - 1.0, 0.0))
+        logits = scorer.model_scores(g, feat)
+        valid = np.isfinite(logits)
+        z = [standardize_rows(x, valid) for x in (logits, pop, feat.cross[..., SWING_FEATURE_INDEX])]
+        for w, (a, b) in enumerate(weights):
+            sc = np.where(valid, z[0] + a * z[1] + b * z[2], -np.inf)
+            pos = np.take_along_axis(sc, is_pos.argmax(1)[:, None], 1)
+            hits[w] += int(((sc >= pos).sum(1) - 1 < k).sum())  # ties count against the click
+    total = max(len(idx), 1)
+    hr = hits / total
+    best = max(range(len(weights)), key=lambda w: (hr[w], -sum(weights[w]), -weights[w][0]))
+    at = {wt: float(h) for wt, h in zip(weights, hr)}
+    a, b = weights[best]
+    return {"popularity": a, "swing": b, "k": int(k), "val_samples": len(idx),
+            "val_in_pool": float(in_pool.mean()) if len(idx) else 0.0,
+            f"val_hr{k}": float(hr[best]), f"val_hr{k}_model": at[(0.0, 0.0)],
+            f"val_hr{k}_popularity_in_pool": at[(grid[-1], 0.0)], f"val_hr{k}_swing_in_pool": at[(0.0, grid[-1])],
+            "grid": {f"{wa:g},{wb:g}": round(float(h), 5) for (wa, wb), h in zip(weights, hr)}}
 
 
 def build_model(cfg: Config, vocab_sizes: list[int]) -> PRSModel:
@@ -315,19 +380,32 @@ def train(samples_dir: str, out_dir: str, cfg: Config, progress: bool = True) ->
         "max_trigger_hits": cfg.model.max_trigger_hits, "dedup_consecutive": cfg.sampling.dedup_consecutive,
         "samples_dir": _uri(samples_dir),
     }
+    calibration = None
+    if tc.calibration_samples > 0 and len(val_idx):
+        model, _, _ = _model_from(out_dir, model_meta)
+        calibration = calibrate(model, cfg, model_meta, vocab, ss, val_idx, cfg.eval.gate_k)
+        model_meta["calibration"] = {k: calibration[k] for k in ("popularity", "swing", "k")}
+        if progress:
+            k = calibration["k"]
+            print(f"[train] calibration on {calibration['val_samples']} validation pools: popularity "
+                  f"{calibration['popularity']:g}, swing {calibration['swing']:g} -> full-pool val HR@{k} "
+                  f"{calibration[f'val_hr{k}']:.4f} (model alone {calibration[f'val_hr{k}_model']:.4f}, "
+                  f"popularity {calibration[f'val_hr{k}_popularity_in_pool']:.4f}, swing "
+                  f"{calibration[f'val_hr{k}_swing_in_pool']:.4f})", flush=True)
     write_json(model_meta, join(out_dir, CONFIG_FILE))
     metrics = {
         "epochs_run": len(history), "best_epoch": best["epoch"], "best": best, "history": history,
         "train_samples": len(train_idx), "val_samples": int(min(len(val_idx), VAL_MAX_SAMPLES)),
         "vocab_sizes": vocab.sizes, "num_workers": tc.num_workers, "use_gpu": tc.use_gpu,
         "seconds": round(time.perf_counter() - t0, 3), "ray_storage": result.path,
-        "stopped_early": len(history) < tc.epochs,
+        "stopped_early": len(history) < tc.epochs, "calibration": calibration,
     }
     write_json(metrics, join(out_dir, METRICS_FILE))
     write_json({"samples_per_s": best.get("train_samples_per_s"), "val_hr10": best["val_hr10"],
                 "val_hr1": best["val_hr1"], "val_mrr": best["val_mrr"], "val_loss": best["val_loss"],
                 "epochs_run": len(history), "best_epoch": best["epoch"], "train_samples": len(train_idx),
                 "seconds": metrics["seconds"],
+                "calibration": None if calibration is None else {k: v for k, v in calibration.items() if k != "grid"},
                 "samples_per_s_by_epoch": [m.get("train_samples_per_s") for m in history]},
                join(out_dir, STATS_FILE))
     from pi2i.methods.manifest import save_manifest
@@ -381,9 +459,19 @@ def check_samples(ss: SampleSet, samples_dir: str) -> None:
                          f"this version?)")
 
 
+def _model_from(model_dir: str, meta: dict) -> tuple[PRSModel, Config, dict]:
+    """(model in eval mode, config, meta) from ``meta`` and the weights file of ``model_dir``."""
+    from safetensors.torch import load as load_bytes
+
+    cfg = Config.model_validate(meta["config"])
+    model = build_model(cfg, meta["vocab_sizes"])
+    model.load_state_dict(load_bytes(read_bytes(join(model_dir, WEIGHTS_FILE))))
+    model.eval()
+    return model, cfg, meta
+
+
 def load_model(model_dir: str) -> tuple[PRSModel, Config, dict]:
     """(model in eval mode, config, config.json contents) of a model directory."""
-    from safetensors.torch import load as load_bytes
 
     from pi2i.methods.base import METHOD_FILE
 
@@ -397,8 +485,4 @@ def load_model(model_dir: str) -> tuple[PRSModel, Config, dict]:
     if meta.get("format") != MODEL_FORMAT:
         raise ValueError(f"{model_dir} holds a pi2i model of format {meta.get('format')!r}; this code reads "
                          f"{MODEL_FORMAT!r}: retrain it")
-    cfg = Config.model_validate(meta["config"])
-    model = build_model(cfg, meta["vocab_sizes"])
-    model.load_state_dict(load_bytes(read_bytes(join(model_dir, WEIGHTS_FILE))))
-    model.eval()
-    return model, cfg, meta
+    return _model_from(model_dir, meta)
