@@ -71,6 +71,8 @@ def main() -> None:
     ap.add_argument("--work", default=None, help="working dir (default: a temp dir)")
     ap.add_argument("--movielens", default=MOVIELENS)
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/quality.json"))
+    ap.add_argument("--baseline", default=None, help="results file of an earlier run to keep as 'before'")
+    ap.add_argument("--baseline-note", default="", help="what the earlier run measured (code version)")
     a = ap.parse_args()
     work = Path(a.work or tempfile.mkdtemp(prefix="pi2i-quality-"))
     results = {"load_before": os.getloadavg()[0], "datasets": {}}
@@ -82,10 +84,21 @@ def main() -> None:
     print(f"\nHR@K (load {results['load_before']:.1f} -> {results['load_after']:.1f})")
     for ds, r in results["datasets"].items():
         cal = r["train_stats"].get("calibration") or {}
-        print(f"\n{ds}  (train {r['seconds']['train']} s; calibration {cal.get('chosen', '-')})")
+        hr_key = f"val_hr{cal.get('k')}"
+        chosen = (f"popularity {cal['popularity']:g}, swing {cal['swing']:g}, {cal.get('seconds', '?')} s; val "
+                  f"HR@{cal['k']} {cal[hr_key]:.4f} vs model {cal[hr_key + '_model']:.4f}" if cal else "-")
+        print(f"\n{ds}  (train {r['seconds']['train']} s; calibration {chosen})")
         print("method".ljust(12) + "".join(f"HR@{k}".rjust(9) for k in KS))
         for name, hr in r["hr"].items():
             print(name.ljust(12) + "".join(f"{hr.get(str(k), float('nan')):9.4f}" for k in KS))
+    if a.baseline:  # an earlier run (e.g. of the code before a change), kept side by side
+        base = json.loads(Path(a.baseline).read_text())
+        results["before"] = {"source": a.baseline, "note": a.baseline_note, "datasets": base["datasets"]}
+        print("\nPI2I HR@K before -> after")
+        for ds, r in results["datasets"].items():
+            b = base["datasets"].get(ds, {}).get("hr", {}).get("pi2i", {})
+            print(ds.ljust(12) + "".join(f"  @{k} {b.get(str(k), float('nan')):.4f}->{r['hr']['pi2i'][str(k)]:.4f}"
+                                         for k in KS))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(results, indent=2))
     print(f"\n-> {a.out}")

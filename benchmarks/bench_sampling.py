@@ -24,9 +24,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pi2i.config import Config
-from pi2i.prs.sampling import SampleSet, build_samples
-from pi2i.ibs.swing import run_swing
 from pi2i.data.synthetic import generate_preset
+from pi2i.ibs.swing import run_swing
+from pi2i.prs.sampling import SampleSet, build_samples
 
 
 def main() -> None:

@@ -29,9 +29,9 @@ def synthetic_scorer(n_items: int, n_rows: int, row: int, seed: int = 0):
     import pyarrow as pa
     import torch
 
-    from pi2i.prs.candidates import ItemInfo, RowLookup
     from pi2i.config import Config
     from pi2i.ibs.i2i import I2IIndex
+    from pi2i.prs.candidates import ItemInfo, RowLookup
     from pi2i.prs.model import PRSModel, Vocab
     from pi2i.prs.scoring import Scorer
 

@@ -46,6 +46,8 @@ SAMPLES_SUBDIR = "samples"
 CLICKS_SUBDIR = "clicks"
 SAMPLES_STATS_FILE = "stats.json"
 SAMPLES_META_FILE = "meta.json"
+#: what a model dir copies from its samples dir (serving and the fallbacks read them from the model dir)
+SERVING_INPUT_FILES = (ITEMS_FILE, POPULARITY_FILE, HISTORIES_FILE)
 SAMPLES_DIR_FILES = (SAMPLES_SUBDIR, CLICKS_SUBDIR, I2I_FILE, ITEMS_FILE, POPULARITY_FILE, HISTORIES_FILE,
                      SAMPLES_STATS_FILE, SAMPLES_META_FILE)
 

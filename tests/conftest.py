@@ -10,12 +10,14 @@ Fixtures (read-only: copy a directory before changing it)::
     tiny_model    a model dir trained 1 short epoch on tiny_samples
     tiny_chain    all of the above as one dict of paths, plus "cfg" (a Config), "cfg_yaml" (the same, YAML)
     free_port     a TCP port free on 127.0.0.1
+    free_ports    ``free_ports()``: a new free port per call (session-scoped: for module fixtures, several ports)
     fake_clock    FakeClock(): a monotonic clock advanced only by its ``sleep``
 """
 
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,11 @@ class FakeClock:
 @pytest.fixture
 def free_port() -> int:
     return free_tcp_port()
+
+
+@pytest.fixture(scope="session")
+def free_ports() -> Callable[[], int]:
+    return free_tcp_port
 
 
 @pytest.fixture

@@ -11,6 +11,7 @@ import torch
 from pi2i.config import Config
 from pi2i.contracts import join
 from pi2i.ibs.i2i import I2IIndex
+from pi2i.layout import I2I_FILE
 from pi2i.methods.base import Histories, TrainInputs
 from pi2i.methods.pdn import PDN
 from pi2i.methods.pdn_features import RowIndex, sample_batch
@@ -46,7 +47,7 @@ def test_block_shapes(pdn: PDN, tiny_samples: str):
     from pi2i.methods.learned import open_samples
 
     ss, _ = open_samples(tiny_samples, "pdn")
-    b = sample_batch(ss, pdn.feat, RowIndex.build(I2IIndex.load(join(tiny_samples, "i2i.parquet"))), np.arange(8))
+    b = sample_batch(ss, pdn.feat, RowIndex.build(I2IIndex.load(join(tiny_samples, I2I_FILE))), np.arange(8))
     tb = to_tensors(b)
     G, L = b.trig_items.shape
     C = b.cand_items.shape[1]
@@ -70,7 +71,7 @@ def test_ablation_switches(pdn: PDN, switch: str):
 
 
 def test_index_equals_brute_force_simnet(pdn: PDN, tiny_samples: str):
-    swing = I2IIndex.load(join(tiny_samples, "i2i.parquet"))
+    swing = I2IIndex.load(join(tiny_samples, I2I_FILE))
     top = RowIndex.build(swing).row_top
     model, feat = pdn.model, pdn.feat
     for r in range(0, len(swing), max(1, len(swing) // 6)):  # a spread of triggers, every pair of each row
@@ -95,7 +96,7 @@ def test_greedy_retrieval_equals_exhaustive_two_hop(pdn: PDN, histories: Histori
     item through the training forward pass (no bias) and keeping those with a 2-hop path."""
     k = 50
     rec = pdn.recommend(histories, k, explain=True)
-    swing = RowIndex.build(I2IIndex.load(join(tiny_samples, "i2i.parquet")))
+    swing = RowIndex.build(I2IIndex.load(join(tiny_samples, I2I_FILE)))
     catalog = pdn.feat.item_ids
     cands = np.tile(catalog, (len(histories), 1))
     full = pdn.feat.groups(histories.items, histories.ts, histories.indptr[:-1], histories.indptr[1:],
@@ -177,11 +178,11 @@ def test_nan_swing_scores_refused(tiny_samples: str, pdn_cfg: Config, tmp_path):
 
     d = tmp_path / "samples"
     shutil.copytree(tiny_samples, d)
-    t = read_parquet(str(d / "i2i.parquet"))
+    t = read_parquet(str(d / I2I_FILE))
     scores = t.column("score").to_numpy().copy()
     scores[3] = np.nan
     write_parquet(t.set_column(t.schema.get_field_index("score"), "score", pa.array(scores, pa.float32())),
-                  str(d / "i2i.parquet"))
+                  str(d / I2I_FILE))
     with pytest.raises(MethodError, match="non-finite Swing scores"):
         PDN.fit(TrainInputs(samples_dir=str(d)), pdn_cfg)
 

@@ -305,6 +305,14 @@ def test_train_writes_a_self_contained_model_dir(trained):
     h = metrics["history"]
     assert len(h) == 3 and h[-1]["train_loss"] < h[0]["train_loss"]
     assert metrics["best"]["val_loss"] == min(m["val_loss"] for m in h)
+    # full-pool calibration on held-out validation users: chosen weights stored with the model, never below
+    # the model alone or the popularity / Swing orderings of the pool on those users
+    cal = json.loads(Path(model_dir, "train_stats.json").read_text())["calibration"]
+    k = cal["k"]
+    assert cal[f"val_hr{k}"] >= max(cal[f"val_hr{k}_model"], cal[f"val_hr{k}_popularity_in_pool"],
+                                   cal[f"val_hr{k}_swing_in_pool"])
+    stored = json.loads(Path(model_dir, "config.json").read_text())["calibration"]
+    assert stored == {"popularity": cal["popularity"], "swing": cal["swing"], "k": k}
 
 
 def test_model_learns_the_personal_signal(trained):
@@ -436,11 +444,13 @@ def test_bad_training_input_is_a_one_line_value_error(tiny, tmp_path):
     cfg, _data, _i2i, samples = tiny
     bad = tmp_path / "nan"
     shutil.copytree(samples, bad)
-    t = pq.read_table(bad / "i2i.parquet")
+    from pi2i.prs.sampling import I2I_FILE
+
+    t = pq.read_table(bad / I2I_FILE)
     score = t.column("score").to_numpy().copy()
     score[3] = np.nan
     pq.write_table(t.set_column(t.column_names.index("score"), "score", pa.array(score, t.schema.field("score").type)),
-                   bad / "i2i.parquet")
+                   bad / I2I_FILE)
     with pytest.raises(ValueError, match="non-finite i2i scores"):
         train(str(bad), str(tmp_path / "m1"), cfg, progress=False)
     other = tmp_path / "pdn_model"
@@ -456,3 +466,66 @@ def test_bad_training_input_is_a_one_line_value_error(tiny, tmp_path):
         np.save(empty / "samples" / f"{f}.npy", np.zeros(shape, np.int64))
     with pytest.raises(ValueError, match="no training samples"):
         train(str(empty), str(tmp_path / "m2"), cfg, progress=False)
+
+
+# --------------------------------------------------------------------------------------------- calibration
+def _popularity_world(root) -> tuple[Config, str]:
+    """Users clicking items independently from one skewed (Zipf) distribution: popularity predicts the next click,
+    co-clicks carry nothing beyond it, a model with random weights nothing at all."""
+    rng = np.random.default_rng(0)
+    n_users, n_clicks, n_items = 300, 30, 150
+    p = 1.0 / np.arange(1, n_items + 1) ** 1.1
+    p /= p.sum()
+    items = np.concatenate([rng.choice(n_items, n_clicks, replace=False, p=p) for _ in range(n_users)])
+    users = np.repeat(np.arange(n_users), n_clicks)
+    ts = 1_700_000_000_000_000 + np.tile(np.arange(n_clicks), n_users) * 60_000_000 + users
+    data = root / "zipf"
+    data.mkdir()
+    events = pa.table({"user_id": pa.array(users, pa.int64()), "item_id": pa.array(items, pa.int64()),
+                       "behavior": pa.array(["click"] * len(users)),
+                       "ts": pa.array(ts, pa.int64()).cast(pa.timestamp("us", tz="UTC"))})
+    import pyarrow.parquet as pq
+
+    pq.write_table(events, data / "events.parquet")
+    cfg = _cfg(val_fraction=0.3)
+    cfg.swing.top_t = 200
+    i2i = str(data / "i2i.parquet")
+    run_swing(str(data / "events.parquet"), i2i, cfg.swing)
+    samples = str(root / "zipf_samples")
+    build_samples(str(data / "events.parquet"), i2i, samples, cfg)
+    return cfg, samples
+
+
+def test_calibration_picks_the_popularity_order_for_an_uninformative_model(tmp_path):
+    """Full-pool calibration on held-out clicks: with a random-weight model and a world where only popularity
+    predicts, the chosen score weighs popularity in and matches the popularity order of the pool, well above
+    the model alone; the Scorer applies the stored weights."""
+    from pi2i.prs.scoring import calibrated_scores
+    from pi2i.prs.train import build_model, calibrate, split_samples
+
+    cfg, samples = _popularity_world(tmp_path)
+    ss = SampleSet(samples)
+    vocab = Vocab.build(np.asarray(ss.clicks.items), ss.info, 1)
+    torch.manual_seed(0)
+    model = build_model(cfg, vocab.sizes).eval()
+    meta = {"num_triggers": cfg.sampling.num_triggers, "seq_len": cfg.sampling.seq_len,
+            "max_trigger_hits": cfg.model.max_trigger_hits}
+    _, val = split_samples(ss, cfg.train.val_fraction, cfg.train.seed)
+    cal = calibrate(model, cfg, meta, vocab, ss, val, k=10)
+    hr, hr_model, hr_pop = cal["val_hr10"], cal["val_hr10_model"], cal["val_hr10_popularity_in_pool"]
+    print({k: v for k, v in cal.items() if k != "grid"})
+    assert cal["val_targets"] > 200 and 0 < cal["val_in_pool"] <= 1
+    assert cal["popularity"] >= 1.0, cal
+    assert hr >= max(hr_pop, cal["val_hr10_swing_in_pool"]) and hr_pop > hr_model + 0.05, cal
+    assert cal["grid"]["0,0"] == pytest.approx(hr_model, abs=1e-5)
+    # the scorer applies (a, b): with a large popularity weight its list is the pool by popularity
+    scorer = Scorer(model, cfg, dict(meta, calibration={"popularity": 100.0, "swing": 0.0}), vocab, ss.lookup,
+                    ss.info, np.empty(0, np.int64))
+    hist = np.asarray(ss.clicks.items)[:20]
+    rec = scorer.recommend(hist, np.arange(20, dtype=np.int64) * 60_000_000, k=10, exclude=hist)
+    pool = candidate_union(ss.lookup, scorer.groups([(hist, np.arange(20))]).triggers, [hist])[0]
+    pool = pool[pool >= 0]
+    by_pop = pool[np.argsort(-ss.info.popularity(pool), kind="stable")]
+    assert set(rec.items[:5].tolist()) <= set(by_pop[:8].tolist()), (rec.items, by_pop[:10])
+    logits = np.array([[1.0, 2.0, -np.inf]], np.float32)
+    assert calibrated_scores(logits, np.zeros((1, 3, 16), np.float32), 0.0, 0.0) is logits  # (0, 0): the model

@@ -191,42 +191,31 @@ class FakeK8s:
         return self.log
 
 
-class Clock:
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self):
-        return self.t
-
-    def sleep(self, s):
-        self.t += s
-
-
-def _run(fake, **kw):
-    clock = Clock()
+def _run(fake, clock, **kw):
+    """``run_rayjob`` against the fake API, time from the fake clock (no real waiting)."""
     m = _manifest()
     return run_rayjob(m, custom_api=fake, core_api=fake, poll_s=5, sleep=clock.sleep, clock=clock, log=None, **kw)
 
 
-def test_run_succeeds_after_polling():
+def test_run_succeeds_after_polling(fake_clock):
     fake = FakeK8s([{"jobDeploymentStatus": "Initializing"}, {"jobStatus": "RUNNING", "jobDeploymentStatus":
                     "Running"}, {"jobStatus": "SUCCEEDED", "jobDeploymentStatus": "Complete"}])
-    assert _run(fake)["jobStatus"] == "SUCCEEDED"
+    assert _run(fake, fake_clock)["jobStatus"] == "SUCCEEDED"
     assert len(fake.created) == 1 and not fake.deleted
 
 
-def test_run_failure_surfaces_status_and_logs():
+def test_run_failure_surfaces_status_and_logs(fake_clock):
     fake = FakeK8s([{"jobStatus": "RUNNING", "jobDeploymentStatus": "Running"},
                     {"jobStatus": "FAILED", "jobDeploymentStatus": "Failed", "message": "exit code 1"}],
                    log="Traceback ...\nValueError: bad events")
     with pytest.raises(RayJobError) as e:
-        _run(fake)
+        _run(fake, fake_clock)
     msg = str(e.value)
     assert "jobStatus=FAILED" in msg and "exit code 1" in msg and "ValueError: bad events" in msg
 
 
-def test_run_timeout_deletes_the_job():
+def test_run_timeout_deletes_the_job(fake_clock):
     fake = FakeK8s([{"jobStatus": "RUNNING", "jobDeploymentStatus": "Running"}])
     with pytest.raises(RayJobError, match="not finished after 60s"):
-        _run(fake, timeout_s=60)
+        _run(fake, fake_clock, timeout_s=60)
     assert fake.deleted == ["pi2i-swing-x"]

@@ -42,19 +42,6 @@ def dep(gen=2, observed=2, want=3, replicas=3, updated=3, available=3, progressi
                                       available_replicas=available, conditions=conds or None))
 
 
-class Clock:
-    """A fake monotonic clock advanced by the fake sleep (no real waiting in tests)."""
-
-    def __init__(self):
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-    def sleep(self, s: float) -> None:
-        self.t += s
-
-
 @pytest.mark.parametrize("d, done, failed, needle", [
     (dep(gen=3, observed=2), False, False, "spec update to be observed"),
     (dep(updated=1, replicas=4), False, False, "1 out of 3 new replicas have been updated"),
@@ -79,29 +66,27 @@ def test_observed_generation_checked_before_progress_deadline():
     assert not st.failed and not st.done
 
 
-def test_wait_walks_a_normal_rollout():
+def test_wait_walks_a_normal_rollout(fake_clock):
     seq = iter([dep(gen=3, observed=2), dep(gen=3, observed=3, updated=1, replicas=4, available=3),
                 dep(gen=3, observed=3, updated=3, replicas=4, available=3),
                 dep(gen=3, observed=3, updated=3, replicas=3, available=2), dep(gen=3, observed=3)])
-    clock, seen = Clock(), []
-    st = wait_for_rollout(lambda: next(seq), timeout_s=100, poll_s=1, sleep=clock.sleep, clock=clock, log=seen.append)
-    assert st.done and clock.t == 4
+    seen: list[str] = []
+    st = wait_for_rollout(lambda: next(seq), timeout_s=100, poll_s=1, sleep=fake_clock.sleep, clock=fake_clock, log=seen.append)
+    assert st.done and fake_clock.t == 4
     assert len(seen) == 5 and "successfully" in seen[-1]
 
 
-def test_wait_fails_on_progress_deadline():
+def test_wait_fails_on_progress_deadline(fake_clock):
     seq = iter([dep(updated=1, replicas=4), dep(updated=1, replicas=4, progressing=rollout.TIMED_OUT_REASON)])
-    clock = Clock()
     with pytest.raises(RolloutError, match="progress deadline"):
-        wait_for_rollout(lambda: next(seq), timeout_s=100, poll_s=1, sleep=clock.sleep, clock=clock, log=None)
+        wait_for_rollout(lambda: next(seq), timeout_s=100, poll_s=1, sleep=fake_clock.sleep, clock=fake_clock, log=None)
 
 
-def test_wait_fails_on_stuck_rollout():
+def test_wait_fails_on_stuck_rollout(fake_clock):
     stuck = dep(updated=1, replicas=4, available=3)  # never changes: e.g. the new pods never become ready
-    clock = Clock()
     with pytest.raises(RolloutError, match="stuck"):
-        wait_for_rollout(lambda: stuck, timeout_s=30, poll_s=5, sleep=clock.sleep, clock=clock, log=None)
-    assert clock.t == 30
+        wait_for_rollout(lambda: stuck, timeout_s=30, poll_s=5, sleep=fake_clock.sleep, clock=fake_clock, log=None)
+    assert fake_clock.t == 30
 
 
 class FakeAppsApi:
@@ -121,33 +106,30 @@ class FakeAppsApi:
         self.state = list(self.after_patch[v])
 
 
-def test_kubernetes_rollout_success():
+def test_kubernetes_rollout_success(fake_clock):
     api = FakeAppsApi(dep(version="v1"), {"v2": [dep(gen=3, observed=2, version="v2"),
                                                   dep(gen=3, observed=3, updated=1, replicas=4, version="v2"),
                                                   dep(gen=3, observed=3, version="v2")]})
-    clock = Clock()
-    out = rollout_kubernetes("v2", apps_api=api, poll_s=1, sleep=clock.sleep, clock=clock, log=None)
+    out = rollout_kubernetes("v2", apps_api=api, poll_s=1, sleep=fake_clock.sleep, clock=fake_clock, log=None)
     assert out["previous"] == "v1" and out["version"] == "v2"
     assert api.patches == [version_patch("v2", "serving")]
 
 
-def test_kubernetes_rollout_rolls_back_on_deadline():
+def test_kubernetes_rollout_rolls_back_on_deadline(fake_clock):
     bad = [dep(gen=3, observed=3, updated=1, replicas=4, version="v2"),
            dep(gen=3, observed=3, updated=1, replicas=4, version="v2", progressing=rollout.TIMED_OUT_REASON)]
     good = [dep(gen=4, observed=4, version="v1")]
     api = FakeAppsApi(dep(version="v1"), {"v2": bad, "v1": good})
-    clock = Clock()
     with pytest.raises(RolloutError, match="rolled back to v1"):
-        rollout_kubernetes("v2", apps_api=api, poll_s=1, sleep=clock.sleep, clock=clock, log=None)
+        rollout_kubernetes("v2", apps_api=api, poll_s=1, sleep=fake_clock.sleep, clock=fake_clock, log=None)
     assert [deployed_version({"spec": p["spec"]}) for p in api.patches] == ["v2", "v1"]
 
 
-def test_kubernetes_rollout_rolls_back_when_stuck():
+def test_kubernetes_rollout_rolls_back_when_stuck(fake_clock):
     api = FakeAppsApi(dep(version="v1"), {"v2": [dep(gen=3, observed=3, available=2, version="v2")],
                                            "v1": [dep(gen=4, observed=4, version="v1")]})
-    clock = Clock()
     with pytest.raises(RolloutError, match="stuck.*rolled back to v1"):
-        rollout_kubernetes("v2", apps_api=api, timeout_s=20, poll_s=2, sleep=clock.sleep, clock=clock, log=None)
+        rollout_kubernetes("v2", apps_api=api, timeout_s=20, poll_s=2, sleep=fake_clock.sleep, clock=fake_clock, log=None)
 
 
 def test_version_patch_is_a_strategic_merge_on_env_and_annotation():
@@ -266,20 +248,19 @@ def test_local_rollout_unreachable_service_fails_and_restores(registry_two_versi
     assert registry.current(reg) == a
 
 
-def test_kubernetes_rollout_moves_registry_and_restores_it(registry_two_versions):
+def test_kubernetes_rollout_moves_registry_and_restores_it(registry_two_versions, fake_clock):
     from pi2i.publish import registry
 
     reg, a, b = registry_two_versions
     ok = FakeAppsApi(dep(version=a), {b: [dep(gen=3, observed=3, version=b)]})
-    clock = Clock()
-    rollout_kubernetes(b, registry=reg, apps_api=ok, poll_s=1, sleep=clock.sleep, clock=clock, log=None)
+    rollout_kubernetes(b, registry=reg, apps_api=ok, poll_s=1, sleep=fake_clock.sleep, clock=fake_clock, log=None)
     assert registry.current(reg) == b
     registry.promote(reg, a)
     bad = FakeAppsApi(dep(version=a), {b: [dep(gen=3, observed=3, updated=1, replicas=4, version=b,
                                                progressing=rollout.TIMED_OUT_REASON)],
                                        a: [dep(gen=4, observed=4, version=a)]})
     with pytest.raises(RolloutError, match=f"registry CURRENT back to {a}.*rolled back to {a}"):
-        rollout_kubernetes(b, registry=reg, apps_api=bad, poll_s=1, sleep=clock.sleep, clock=clock, log=None)
+        rollout_kubernetes(b, registry=reg, apps_api=bad, poll_s=1, sleep=fake_clock.sleep, clock=fake_clock, log=None)
     assert registry.current(reg) == a
 
 

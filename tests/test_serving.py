@@ -19,6 +19,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -39,36 +40,16 @@ AS_WRITER = {"authorization": f"Bearer {WRITE}"}
 
 # ------------------------------------------------------------------------------------------------ fixtures
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
-def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """tiny synthetic data -> Swing -> PRS samples -> 1 short epoch: a real, self-contained model dir."""
-    from pi2i.config import load_config
-    from pi2i.contracts import read_events, write_parquet
-    from pi2i.data.synthetic import generate_preset
-    from pi2i.ibs.swing import build_swing
-    from pi2i.prs.sampling import build_samples
-    from pi2i.prs.train import train
+def built(tiny_chain: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The shared tiny chain (conftest: data -> split -> Swing -> samples -> 1 short epoch, a real model dir),
+    a passing gate verdict, and a user with a seed history (its items)."""
+    from pi2i.layout import HISTORIES_FILE
 
-    root = tmp_path_factory.mktemp("serving-model")
-    data = root / "data"
-    generate_preset("tiny", str(data), seed=0)
-    cfg = load_config(None, {"swing": {"top_t": 200},
-                             "train": {"epochs": 1, "num_workers": 0, "patience": 0, "batch_size": 128,
-                                       "max_batches_per_epoch": 4, "storage_path": str(root / "ray")}})
-    i2i, _ = build_swing(read_events(str(data / "events.parquet")), cfg.swing)
-    write_parquet(i2i, str(root / "i2i.parquet"))
-    build_samples(str(data / "events.parquet"), str(root / "i2i.parquet"), str(root / "samples"), cfg,
-                  items_uri=str(data / "items.parquet"))
-    train(str(root / "samples"), str(root / "model"), cfg, progress=False)
+    root = tmp_path_factory.mktemp("serving-model")  # this module's own files; the chain stays read-only
     (root / "metrics.json").write_text(json.dumps({"gate": {"passed": True, "reason": "fixture"}}))
-    hist = pq.read_table(root / "model" / "histories.parquet")
-    return {"root": str(root), "i2i": str(root / "i2i.parquet"), "model": str(root / "model"),
+    hist = pq.read_table(Path(tiny_chain["model"]) / HISTORIES_FILE)
+    return {"root": str(root), "data": tiny_chain["data"], "i2i": tiny_chain["i2i"], "model": tiny_chain["model"],
             "metrics": str(root / "metrics.json"),
             "warm_user": int(hist.column("user_id")[0].as_py()),
             "warm_items": hist.column("items")[0].as_py()}
@@ -84,9 +65,9 @@ def _variant_metrics(built: dict, tag: str) -> str:
 class Server:
     """``pi2i serve`` in its own process group, stopped with SIGTERM (then SIGKILL) at teardown."""
 
-    def __init__(self, registry: str, cfg_path: Path, log_path: Path, redis_url: str | None = None,
+    def __init__(self, registry: str, cfg_path: Path, log_path: Path, port: int, redis_url: str | None = None,
                  env: dict[str, str] | None = None) -> None:
-        self.port = _free_port()
+        self.port = port
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [PI2I, "serve", "--registry", registry, "--port", str(self.port), "--config", str(cfg_path)]
         if redis_url:
@@ -140,11 +121,12 @@ def _config(tmp: Path, **serving) -> Path:
 
 
 @pytest.fixture(scope="module")
-def env(built, tmp_path_factory: pytest.TempPathFactory):
+def env(built, tmp_path_factory: pytest.TempPathFactory, free_ports):
     tmp = tmp_path_factory.mktemp("serving")
     registry = str(tmp / "registry")
     v1 = reg.publish(registry, built["i2i"], built["model"], built["metrics"])
-    srv = Server(registry, _config(tmp, body_timeout_s=2.0, max_pending_recomputes=4), tmp / "server.log")
+    srv = Server(registry, _config(tmp, body_timeout_s=2.0, max_pending_recomputes=4), tmp / "server.log",
+                 free_ports())
     try:
         srv.wait_ready()
         yield {"srv": srv, "registry": registry, "v1": v1, "built": built, "tmp": tmp}
@@ -415,11 +397,11 @@ def test_schemathesis_conformance(env) -> None:
     assert cases and int(cases[1]) == int(cases[2]) >= 400, r.stdout[-3000:]
 
 
-def test_read_auth_when_configured(built, tmp_path: Path) -> None:
+def test_read_auth_when_configured(built, tmp_path: Path, free_port: int) -> None:
     """serving.read_auth: reads need PI2I_READ_TOKEN (or the write/admin token); probes stay open."""
     registry = str(tmp_path / "registry")
     reg.publish(registry, built["i2i"], built["model"], built["metrics"])
-    srv = Server(registry, _config(tmp_path, poll_s=0, read_auth=True), tmp_path / "server.log",
+    srv = Server(registry, _config(tmp_path, poll_s=0, read_auth=True), tmp_path / "server.log", free_port,
                  env={"PI2I_READ_TOKEN": "reader"})
     try:
         srv.wait_ready()
@@ -439,12 +421,12 @@ def test_read_auth_when_configured(built, tmp_path: Path) -> None:
         srv.stop()
 
 
-def test_startup_falls_back_when_current_is_corrupt(built, tmp_path: Path) -> None:
+def test_startup_falls_back_when_current_is_corrupt(built, tmp_path: Path, free_port: int) -> None:
     """A fresh instance whose CURRENT is corrupt serves the newest verified version in HISTORY, and says so."""
     registry = str(tmp_path / "registry")
     v1 = reg.publish(registry, built["i2i"], built["model"], built["metrics"])
     Path(registry, reg.CURRENT_FILE).write_bytes(b"\x00\xffnot a version\n")
-    srv = Server(registry, _config(tmp_path, poll_s=0), tmp_path / "server.log")
+    srv = Server(registry, _config(tmp_path, poll_s=0), tmp_path / "server.log", free_port)
     try:
         srv.wait_ready()
         public = srv.version(detail=False)
@@ -527,11 +509,11 @@ def test_corrupted_version_refused_old_keeps_serving(env) -> None:
 # ------------------------------------------------------------------------------------------------ redis
 
 @pytest.fixture()
-def redis_server(tmp_path: Path):
+def redis_server(tmp_path: Path, free_ports):
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server not installed (Debian: apt-get install redis-server; `make test` does it)")
-    port = _free_port()
+    port = free_ports()
     password = "redis-test-password"
     proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
                              "--dir", str(tmp_path), "--requirepass", password],
@@ -551,10 +533,11 @@ def redis_server(tmp_path: Path):
         proc.wait(5)
 
 
-def test_redis_cache_then_redis_killed(built, redis_server, tmp_path: Path) -> None:
+def test_redis_cache_then_redis_killed(built, redis_server, tmp_path: Path, free_ports) -> None:
     registry = str(tmp_path / "registry")
     v1 = reg.publish(registry, built["i2i"], built["model"], built["metrics"])
-    srv = Server(registry, _config(tmp_path, poll_s=0), tmp_path / "server.log", redis_url=redis_server["url"],
+    srv = Server(registry, _config(tmp_path, poll_s=0), tmp_path / "server.log", free_ports(),
+                 redis_url=redis_server["url"],
                  env={"REDIS_PASSWORD": redis_server["password"]})  # Redis requires auth (a k8s Secret)
     try:
         srv.wait_ready()
@@ -656,7 +639,7 @@ def test_feast_history_store_drives_recommendations(built, tmp_path: Path) -> No
     from pi2i.online.runtime import OnlineRecommender, make_history_store
 
     repo_template = Path(__file__).resolve().parents[1] / "feature_repo"
-    out = ingest(str(Path(built["root"]) / "data"), str(repo_template), work_dir=str(tmp_path / "feast"))
+    out = ingest(built["data"], str(repo_template), work_dir=str(tmp_path / "feast"))
     repo = out["repo"]
     cfg = ServingConfig(poll_s=0, cache_k=20)
     store = make_history_store(cfg, repo)

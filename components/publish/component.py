@@ -11,8 +11,9 @@ def publish(i2i: Input[Dataset], model: Input[Model], report: Input[Artifact], r
     """``pi2i.publish.registry.publish`` (promotion is the deploy step's job); returns the version id."""
     import os
 
+    from pi2i.layout import I2I_FILE, METRICS_FILE
     from pi2i.publish import registry
 
-    metrics = os.path.join(report.path, "metrics.json")
-    return registry.publish(registry_uri, os.path.join(i2i.path, "i2i_table.parquet"), model.path,
+    metrics = os.path.join(report.path, METRICS_FILE)
+    return registry.publish(registry_uri, os.path.join(i2i.path, I2I_FILE), model.path,
                             metrics_uri=metrics if os.path.exists(metrics) else None, promote=False)

@@ -10,11 +10,12 @@ from components.image import PINNED_IMAGE
 def samples(train: Input[Dataset], i2i: Input[Dataset], config: dict, samples: Output[Dataset]):
     """``pi2i.prs.sampling.build_samples`` from the training clicks and the i2i table."""
     from pi2i.config import parse_config
-    from pi2i.contracts import exists, join
+    from pi2i.contracts import EVENTS_FILE, ITEMS_FILE, exists, join
+    from pi2i.layout import I2I_FILE
     from pi2i.prs.sampling import build_samples
 
     cfg = parse_config(config)
-    items = join(train.path, "items.parquet")
-    stats = build_samples(join(train.path, "events.parquet"), join(i2i.path, "i2i_table.parquet"),
+    items = join(train.path, ITEMS_FILE)
+    stats = build_samples(join(train.path, EVENTS_FILE), join(i2i.path, I2I_FILE),
                           samples.path, cfg, items_uri=items if exists(items) else None)
     samples.metadata.update({k: v for k, v in (stats or {}).items() if isinstance(v, (int, float, str))})

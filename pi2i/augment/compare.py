@@ -14,6 +14,7 @@ from typing import Any
 
 from pi2i.config import Config
 from pi2i.contracts import EVENTS_FILE, exists, join, makedirs, read_json, write_json
+from pi2i.layout import I2I_FILE
 
 AUGMENTED = "augmented"
 VARIANTS = ("original", "augmented")
@@ -55,7 +56,7 @@ def compare(train_dir: str, test_dir: str, out_dir: str, cfg: Config, methods: S
     timings: dict[str, float] = {}
     for variant, events in sources.items():
         d = join(out_dir, variant)
-        i2i = join(d, "i2i_table.parquet")
+        i2i = join(d, I2I_FILE)
         t = time.perf_counter()
         swing_stats = run_swing(events, i2i, cfg.swing, cfg.swing.workers)
         timings[f"swing_{variant}"] = round(time.perf_counter() - t, 3)

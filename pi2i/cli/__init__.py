@@ -57,7 +57,8 @@ def main() -> None:
 
     try:
         app(standalone_mode=True)
-    except (UserError, ContractError, ConfigError, FileNotFoundError, ValueError) as e:
+    # OSError: a missing or unreadable file, a full disk, an unreachable object store
+    except (UserError, ContractError, ConfigError, OSError, ValueError) as e:
         if os.environ.get("PI2I_DEBUG"):
             raise
         print(f"error: {e}", file=sys.stderr)

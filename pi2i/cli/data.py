@@ -111,6 +111,7 @@ def register(app: typer.Typer) -> None:
                 opts.update({k: v for k, v in sizes.items() if v is not None})
                 summary = generate_preset(preset, out, seed=seed, progress=upd, **opts)
             else:
+                assert users is not None and items is not None and events is not None  # checked above
                 summary = generate(out, users, items, events, seed, progress=upd, **opts)
         keys = ("preset", "users", "items", "events", "distinct_user_items", "ts_min", "ts_max", "seconds")
         typer.echo(json.dumps({k: summary.get(k) for k in keys}))

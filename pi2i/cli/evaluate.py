@@ -77,7 +77,9 @@ def register(app: typer.Typer) -> None:
         cfg = load_config(config, {"eval": {"max_users": max_users}} if max_users is not None else None)
         stats = None
         if samples:
-            uri = samples if samples.endswith(".json") else join(samples, "stats.json")
+            from pi2i.layout import SAMPLES_STATS_FILE
+
+            uri = samples if samples.endswith(".json") else join(samples, SAMPLES_STATS_FILE)
             if not exists(uri):
                 raise UserError(f"no samples stats at {uri}")
             stats = read_json(uri)

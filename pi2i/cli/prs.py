@@ -3,28 +3,35 @@
 from __future__ import annotations
 
 import json
+from typing import Annotated
 
 import typer
+
+HELP = "PRS: trigger-target samples and scorer training (same as top-level commands)."
+
+ConfigOpt = Annotated[str | None, typer.Option("--config", help="YAML config; flags override it")]
 
 
 def register(app: typer.Typer) -> None:
     """Top-level ``pi2i samples`` / ``pi2i train`` (the contract), also reachable as ``pi2i prs samples|train``."""
-    prs_app = typer.Typer(help="PRS: trigger-target samples and scorer training (same as top-level commands).",
-                          no_args_is_help=True)
+    prs_app = typer.Typer(help=HELP, no_args_is_help=True)
     app.add_typer(prs_app, name="prs")
 
-    def samples(
-        events: str = typer.Option(..., "--events", help="events parquet of the contract"),
-        i2i: str = typer.Option(..., "--i2i", help="i2i table parquet (trigger, target, score, rank)"),
-        out: str = typer.Option(..., "--out", help="output samples directory"),
-        items: str | None = typer.Option(None, "--items", help="items parquet (side info); default: "
-                                                                  "items.parquet beside the events, if any"),
-        num_triggers: int | None = typer.Option(None, "--num-triggers", help="L, distinct recent triggers"),
-        hard: int | None = typer.Option(None, "--hard", help="hard negatives per sample (default 20)"),
-        easy: int | None = typer.Option(None, "--easy", help="easy negatives per sample (default 80)"),
-        max_samples: int | None = typer.Option(None, "--max-samples", help="seeded cap; 0 = all"),
-        seed: int | None = typer.Option(None, "--seed", help="sampling seed"),
-        config: str | None = typer.Option(None, "--config", help="YAML config; flags override it"),
+    @app.command("samples")
+    @prs_app.command("samples")
+    def samples_cmd(
+        events: Annotated[str, typer.Option("--events", help="events parquet of the contract")],
+        i2i: Annotated[str, typer.Option("--i2i", help="i2i table parquet (trigger, target, score, rank)")],
+        out: Annotated[str, typer.Option("--out", help="output samples directory")],
+        items: Annotated[str | None, typer.Option(
+            "--items", help="items parquet (side info); default: items.parquet beside the events, if any")] = None,
+        num_triggers: Annotated[int | None, typer.Option(
+            "--num-triggers", help="L, distinct recent triggers")] = None,
+        hard: Annotated[int | None, typer.Option("--hard", help="hard negatives per sample (default 20)")] = None,
+        easy: Annotated[int | None, typer.Option("--easy", help="easy negatives per sample (default 80)")] = None,
+        max_samples: Annotated[int | None, typer.Option("--max-samples", help="seeded cap; 0 = all")] = None,
+        seed: Annotated[int | None, typer.Option("--seed", help="sampling seed")] = None,
+        config: ConfigOpt = None,
     ) -> None:
         """Trigger–target training samples (PI2I Alg. 1): positives, hard and easy negatives from the i2i rows."""
         from pi2i.cli import UserError
@@ -42,20 +49,22 @@ def register(app: typer.Typer) -> None:
         keys = ("samples", "positions", "drop_rate", "samples_per_s_sampling", "seconds_total")
         typer.echo(json.dumps({k: stats[k] for k in keys}))
 
-    for a in (app, prs_app):
-        a.command("samples")(samples)
-
+    @app.command("train")
+    @prs_app.command("train")
     def train_cmd(
-        samples: str = typer.Option(..., "--samples", help="samples directory from `pi2i samples`"),
-        out: str = typer.Option(..., "--out", help="output model directory"),
-        method: str = typer.Option("pi2i", "--method", help="trained method: pi2i, pdn or mtmh"),
-        epochs: int | None = typer.Option(None, "--epochs", help="maximum epochs (early stopping may end sooner)"),
-        workers: int | None = typer.Option(None, "--workers", help="Ray Train workers; 0 = in-process"),
-        gpu: bool = typer.Option(False, "--gpu", help="use one GPU per Ray Train worker"),
-        batch_size: int | None = typer.Option(None, "--batch-size", help="samples per batch"),
-        max_batches: int | None = typer.Option(None, "--max-batches", help="cap batches per epoch; 0 = all"),
-        storage: str | None = typer.Option(None, "--storage", help="Ray Train storage path (checkpoints)"),
-        config: str | None = typer.Option(None, "--config", help="YAML config; flags override it"),
+        samples: Annotated[str, typer.Option("--samples", help="samples directory from `pi2i samples`")],
+        out: Annotated[str, typer.Option("--out", help="output model directory")],
+        method: Annotated[str, typer.Option("--method", help="trained method: pi2i, pdn or mtmh")] = "pi2i",
+        epochs: Annotated[int | None, typer.Option(
+            "--epochs", help="maximum epochs (early stopping may end sooner)")] = None,
+        workers: Annotated[int | None, typer.Option("--workers", help="Ray Train workers; 0 = in-process")] = None,
+        gpu: Annotated[bool, typer.Option("--gpu", help="use one GPU per Ray Train worker")] = False,
+        batch_size: Annotated[int | None, typer.Option("--batch-size", help="samples per batch")] = None,
+        max_batches: Annotated[int | None, typer.Option(
+            "--max-batches", help="cap batches per epoch; 0 = all")] = None,
+        storage: Annotated[str | None, typer.Option(
+            "--storage", help="Ray Train storage path (checkpoints)")] = None,
+        config: ConfigOpt = None,
     ) -> None:
         """Train a method (default: the PI2I target-attention scorer) with Ray Train and write a self-contained
         model directory recording the method (method.json)."""
@@ -80,9 +89,6 @@ def register(app: typer.Typer) -> None:
         typer.echo(json.dumps({"best_epoch": m["best_epoch"], "val_loss": m["best"]["val_loss"],
                                "val_hr10": m["best"]["val_hr10"], "epochs_run": m["epochs_run"],
                                "seconds": m["seconds"], "out": out}))
-
-    for a in (app, prs_app):
-        a.command("train")(train_cmd)
 
 
 def _train_method(method: str, samples: str, out: str, cfg, ov: dict) -> None:

@@ -23,8 +23,6 @@ Both sides are data dirs of the contract (``events.parquet`` sorted by (user_id,
 
 from __future__ import annotations
 
-import datetime as dt
-
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -43,27 +41,10 @@ from pi2i.contracts import (
     write_json,
     write_parquet,
 )
+from pi2i.data.events import to_iso, to_us
 
 _US = 1_000_000
 _DAY_US = 86_400 * _US
-
-
-def _iso(us: int) -> str:
-    return dt.datetime.fromtimestamp(us / _US, dt.UTC).isoformat().replace("+00:00", "Z")
-
-
-def parse_time(value: str | dt.datetime | int) -> int:
-    """Microseconds since the epoch from an ISO string (UTC when no offset), a datetime, or an int (us)."""
-    if isinstance(value, (int, np.integer)):
-        return int(value)
-    if isinstance(value, str):
-        try:
-            value = dt.datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise ValueError(f"cannot parse cut time {value!r}; use ISO 8601, e.g. 2017-12-02T00:00:00Z") from None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return round(value.timestamp() * _US)
 
 
 def choose_cut(ts_us: np.ndarray, test_days: float | None = None, cut=None, fraction: float | None = None) -> int:
@@ -74,7 +55,10 @@ def choose_cut(ts_us: np.ndarray, test_days: float | None = None, cut=None, frac
     if ts_us.size == 0:
         raise ContractError("cannot split: no events")
     if cut is not None:
-        return parse_time(cut)
+        try:
+            return to_us(cut)
+        except ValueError as e:
+            raise ValueError(f"cut: {e}") from None
     if fraction is not None:
         if not 0.0 < fraction < 1.0:
             raise ValueError(f"fraction must be in (0, 1), got {fraction}")
@@ -151,8 +135,8 @@ def check_test_size(test: pa.Table, events: pa.Table, rule: dict, min_test_share
         p999 = int(ts[min(ts.size - 1, int(0.999 * ts.size))])
         gap_days = (int(ts[-1]) - p999) / _DAY_US
         if gap_days > 1.0:
-            cause = (f"; the latest timestamp {_iso(int(ts[-1]))} lies {gap_days:.0f} days after 99.9% of the "
-                     f"events (<= {_iso(p999)}): an outlier or future timestamp moved the cut — quarantine it "
+            cause = (f"; the latest timestamp {to_iso(int(ts[-1]))} lies {gap_days:.0f} days after 99.9% of the "
+                     f"events (<= {to_iso(p999)}): an outlier or future timestamp moved the cut — quarantine it "
                      f"or pass --cut")
     raise ContractError(f"split {rule} leaves only {test.num_rows} test clicks of {events.num_rows} events "
                         f"(< {min_test_share:.2%}){cause}; pass --allow-small-test to keep it anyway")
@@ -187,10 +171,10 @@ def split_events(events: pa.Table, cut_us: int) -> tuple[pa.Table, pa.Table, dic
 def _side_summary(events: pa.Table, cut_us: int | None, side: str, extra: dict) -> dict:
     ts = events.column("ts").cast(pa.int64()).to_numpy()
     return {
-        "side": side, "cut": _iso(cut_us) if cut_us is not None else None, "events": events.num_rows,
+        "side": side, "cut": to_iso(cut_us) if cut_us is not None else None, "events": events.num_rows,
         "users": int(pc.count_distinct(events.column("user_id")).as_py()),
         "items": int(pc.count_distinct(events.column("item_id")).as_py()),
-        "ts_min": _iso(int(ts.min())) if ts.size else None, "ts_max": _iso(int(ts.max())) if ts.size else None,
+        "ts_min": to_iso(int(ts.min())) if ts.size else None, "ts_max": to_iso(int(ts.max())) if ts.size else None,
         **extra,
     }
 
@@ -218,8 +202,8 @@ def split(data_dir: str, out_dir: str, test_days: float | None = None, cut=None,
         train, test, counts = split_events(events, cut_us)
         rule = ({"cut": str(cut)} if cut is not None else {"fraction": fraction} if fraction is not None
                 else {"test_days": test_days if test_days is not None else "default"})
-        where = f"cut {_iso(cut_us)}"
-    span = f"(data spans {_iso(int(ts.min()))} .. {_iso(int(ts.max()))})"
+        where = f"cut {to_iso(cut_us)}"
+    span = f"(data spans {to_iso(int(ts.min()))} .. {to_iso(int(ts.max()))})"
     if train.num_rows == 0:
         raise ContractError(f"{where} leaves no training events {span}")
     if test.num_rows == 0:
@@ -227,7 +211,7 @@ def split(data_dir: str, out_dir: str, test_days: float | None = None, cut=None,
     if not allow_small_test:
         check_test_size(test, events, rule, min_test_share)
     sides = {"train": (train, {}), "test": (test, counts)}
-    summary: dict = {"source": data_dir, "cut": _iso(cut_us) if cut_us is not None else None, "rule": rule}
+    summary: dict = {"source": data_dir, "cut": to_iso(cut_us) if cut_us is not None else None, "rule": rule}
     for side, (table, extra) in sides.items():
         d = join(out_dir, side)
         write_parquet(table, join(d, EVENTS_FILE))

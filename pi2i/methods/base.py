@@ -20,9 +20,9 @@ import numpy as np
 import pyarrow as pa
 
 from pi2i.config import Config
+from pi2i.layout import METHOD_FILE  # noqa: F401 - re-exported: the model dir's method manifest
 
 PAD = -1  # item id of an empty slot in a ranked list
-METHOD_FILE = "method.json"
 # Bump when a saved model directory stops being loadable by the code that reads it.
 FORMAT_VERSION = 2
 

@@ -13,10 +13,11 @@ from typing import Any
 
 from pi2i.config import Config
 from pi2i.contracts import exists, join, read_json, write_json
+from pi2i.layout import MODEL_CONFIG_FILE
 from pi2i.methods.base import FORMAT_VERSION, METHOD_FILE, MethodError
 
-#: A PI2I model directory written before method.json existed holds this file (pi2i.prs.train.CONFIG_FILE).
-LEGACY_PI2I_FILE = "config.json"
+#: A PI2I model directory written before method.json existed holds this file (its model config).
+LEGACY_PI2I_FILE = MODEL_CONFIG_FILE
 
 
 @functools.cache

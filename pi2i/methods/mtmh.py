@@ -35,6 +35,7 @@ import pyarrow as pa
 
 from pi2i.config import Config
 from pi2i.contracts import exists, join, makedirs, read_json, read_parquet, write_json, write_parquet
+from pi2i.layout import ITEMS_FILE, POPULARITY_FILE, SERVING_INPUT_FILES
 from pi2i.methods.base import PAD, Histories, MethodError, Recommendations, Retriever, TrainInputs, Why
 from pi2i.methods.item_features import ItemCodes
 from pi2i.methods.learned import load_weights, open_samples, ray_fit, save_weights, staging_dir, user_split
@@ -179,7 +180,6 @@ class MTMH(Retriever):
             raise MethodError("mtmh: needs a samples directory (`pi2i samples`)")
         from pi2i.methods.mtmh_model import ItemTower, load_content_embeddings, mtmh_loop
         from pi2i.prs.io import uri
-        from pi2i.prs.sampling import POPULARITY_FILE
 
         t0 = time.perf_counter()
         samples_dir = inputs.samples_dir
@@ -189,7 +189,7 @@ class MTMH(Retriever):
         click_user = np.repeat(np.arange(len(ptr) - 1, dtype=np.int64), np.diff(ptr))
         tr, _ = user_split(np.asarray(ss.clicks.user_ids), click_user, tc.val_fraction, tc.seed)
         popularity = read_parquet(join(samples_dir, POPULARITY_FILE))
-        codes = ItemCodes.build(read_parquet(join(samples_dir, "items.parquet")), popularity,
+        codes = ItemCodes.build(read_parquet(join(samples_dir, ITEMS_FILE)), popularity,
                                 np.asarray(ss.clicks.items)[tr], cfg.methods.pdn.vocab_min_count)
         content_uri = mc.item_embeddings
         if content_uri:
@@ -301,7 +301,7 @@ class MTMH(Retriever):
                    join(out_dir, META_FILE))
         samples = self.metrics.get("samples_dir")
         if samples:
-            for f in ("items.parquet", "popularity.parquet", "histories.parquet"):
+            for f in SERVING_INPUT_FILES:
                 if exists(join(samples, f)):
                     copy_file(join(samples, f), join(out_dir, f))
         save_manifest(out_dir, self.name, self.cfg)

@@ -39,6 +39,7 @@ import numpy as np
 from pi2i.config import Config
 from pi2i.contracts import exists, join, makedirs, read_json, read_parquet, write_json
 from pi2i.ibs.i2i import I2IIndex
+from pi2i.layout import I2I_FILE, ITEMS_FILE, POPULARITY_FILE, SERVING_INPUT_FILES, TRAIN_METRICS_FILE
 from pi2i.methods.base import PAD, Histories, MethodError, Recommendations, Retriever, TrainInputs, Why
 from pi2i.methods.learned import load_weights, open_samples, ray_fit, save_weights, staging_dir, user_split
 from pi2i.methods.manifest import save_manifest
@@ -48,7 +49,7 @@ from pi2i.methods.ranking import item_codes, seen_mask_pairs, sparse_topk
 if TYPE_CHECKING:
     from pi2i.methods.pdn_model import PDNModel
 
-INDEX_FILE, WEIGHTS_FILE, METRICS_FILE = "pdn_index.parquet", "pdn.safetensors", "train_metrics.json"
+INDEX_FILE, WEIGHTS_FILE = "pdn_index.parquet", "pdn.safetensors"  # besides layout.TRAIN_METRICS_FILE
 
 
 def _softplus(x: np.ndarray) -> np.ndarray:
@@ -92,7 +93,6 @@ class PDN(Retriever):
         ss, sampling = open_samples(samples_dir, "pdn")
         from pi2i.methods.pdn_model import PDNModel, build_index, pdn_loop
         from pi2i.prs.io import uri
-        from pi2i.prs.sampling import I2I_FILE, POPULARITY_FILE
 
         i2i_uri = uri(join(samples_dir, I2I_FILE))
         index = I2IIndex.load(i2i_uri)
@@ -111,7 +111,7 @@ class PDN(Retriever):
 
             events = read_events(ev_uri)
         feat = Featurizer.build(
-            read_parquet(join(samples_dir, "items.parquet")), read_parquet(join(samples_dir, POPULARITY_FILE)),
+            read_parquet(join(samples_dir, ITEMS_FILE)), read_parquet(join(samples_dir, POPULARITY_FILE)),
             clicked, events, index, int(sampling.get("num_triggers", cfg.sampling.num_triggers)),
             int(sampling.get("seq_len", cfg.sampling.seq_len)),
             bool(sampling.get("dedup_consecutive", cfg.sampling.dedup_consecutive)), pc.vocab_min_count,
@@ -222,12 +222,12 @@ class PDN(Retriever):
         self.feat.save(out_dir)
         save_weights(self.model.state_dict(), join(out_dir, WEIGHTS_FILE))
         write_parquet(self.index.to_table(), join(out_dir, INDEX_FILE))
-        write_json({"pdn": self.cfg.methods.pdn.model_dump(), **self.metrics}, join(out_dir, METRICS_FILE))
+        write_json({"pdn": self.cfg.methods.pdn.model_dump(), **self.metrics}, join(out_dir, TRAIN_METRICS_FILE))
         samples = self.metrics.get("samples_dir")
         if samples:
             from pi2i.prs.io import copy_file
 
-            for f in ("items.parquet", "popularity.parquet", "histories.parquet"):
+            for f in SERVING_INPUT_FILES:
                 if exists(join(samples, f)):
                     copy_file(join(samples, f), join(out_dir, f))
         save_manifest(out_dir, self.name, self.cfg)
@@ -241,7 +241,7 @@ class PDN(Retriever):
         for f in (WEIGHTS_FILE, INDEX_FILE):
             if not exists(join(model_dir, f)):
                 raise MethodError(f"pdn: {model_dir} has no {f} (not a PDN model directory)")
-        saved = read_json(join(model_dir, METRICS_FILE))
+        saved = read_json(join(model_dir, TRAIN_METRICS_FILE))
         arch = PDNConfig.model_validate(saved["pdn"])
         feat = Featurizer.load(model_dir)
         model = PDNModel(arch, feat.vocab_sizes)

@@ -8,10 +8,9 @@ import pyarrow as pa
 from pi2i.config import Config
 from pi2i.contracts import join, makedirs, read_parquet, write_parquet
 from pi2i.data.events import fill_rows_with_popular, item_popularity
+from pi2i.layout import POPULARITY_FILE
 from pi2i.methods.base import PAD, Histories, MethodError, Recommendations, Retriever, TrainInputs, Why
 from pi2i.methods.manifest import read_manifest, save_manifest
-
-POPULARITY_FILE = "popularity.parquet"
 
 
 class Popularity(Retriever):

@@ -17,8 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pi2i.contracts import exists, join, read_parquet
-
-HISTORIES_FILE = "histories.parquet"
+from pi2i.layout import HISTORIES_FILE
 
 _EMPTY_I = np.empty(0, np.int64)
 

@@ -36,16 +36,18 @@ from typing import Any, Protocol
 import numpy as np
 import pyarrow as pa
 
-from pi2i.config import ServingConfig
-from pi2i.contracts import exists, join, read_json, read_parquet
+from pi2i.config import DataConfig, ServingConfig
+from pi2i.contracts import ITEMS_FILE, exists, join, read_json, read_parquet
+from pi2i.data.events import fill_with_popular, to_iso, to_us
 from pi2i.ibs.i2i import I2IIndex
+from pi2i.layout import POPULARITY_FILE
 from pi2i.online.history import HistoryStore, InMemoryHistoryStore, load_histories
 from pi2i.publish import registry as reg
 
 log = logging.getLogger("pi2i.online.runtime")
 
 INT64_MAX = 2**63 - 1
-TS_MIN_US = 946_684_800_000_000  # 2000-01-01, as data.min_ts
+TS_MIN_US = to_us(DataConfig().min_ts)  # an event before data.min_ts is refused, as the loader quarantines it
 
 
 class ServingError(Exception):
@@ -214,7 +216,7 @@ def load_version(registry: str, version: str, verify: bool = True) -> LoadedVers
     ranker = load_ranker(model_dir, i2i)
     popularity = _popularity(model_dir, i2i)
     parts = [i2i.triggers, i2i.targets, popularity]
-    items_uri = join(model_dir, "items.parquet")
+    items_uri = join(model_dir, ITEMS_FILE)
     if exists(items_uri):
         parts.append(read_parquet(items_uri, columns=["item_id"]).column("item_id").to_numpy().astype(np.int64))
     catalog = np.unique(np.concatenate(parts))
@@ -225,13 +227,14 @@ def load_version(registry: str, version: str, verify: bool = True) -> LoadedVers
     if len(i2i.triggers):  # first inference pays lazy init (torch, numba): pay it before going live
         probe = i2i.triggers[:3]
         ranker.rank(probe, np.arange(len(probe), dtype=np.int64) * 1_000_000 + 1_700_000_000_000_000, 10, True)
+    fill_with_popular(np.empty(0, np.int64), popularity[:2], 1, popularity[:1])  # the fallback path's kernel too
     lv.load_s = time.perf_counter() - t0
     return lv
 
 
 def _popularity(model_dir: str, i2i: I2IIndex) -> np.ndarray:
     """The model dir's popularity list, else items by how many i2i rows hold them (a proxy every version has)."""
-    uri = join(model_dir, "popularity.parquet")
+    uri = join(model_dir, POPULARITY_FILE)
     if exists(uri):
         return read_parquet(uri, columns=["item_id"]).column("item_id").to_numpy().astype(np.int64)
     ids, counts = np.unique(i2i.targets, return_counts=True)
@@ -666,12 +669,11 @@ class OnlineRecommender:
         out_items, scores = r.items, r.scores
         why_i, why_w = list(r.why_items), list(r.why_weights)
         if n < k:  # few candidates: fill the tail from popularity so the feed is never short
-            skip = np.concatenate([out_items, items]) if exclude_seen else out_items
-            fill = v.popularity[~np.isin(v.popularity, skip)][: k - n]
-            out_items = np.concatenate([out_items, fill])
-            scores = np.concatenate([scores, np.zeros(len(fill), np.float32)])
-            why_i += [np.empty(0, np.int64)] * len(fill)
-            why_w += [np.empty(0, np.float32)] * len(fill)
+            out_items = fill_with_popular(out_items, v.popularity, k, items if exclude_seen else None)
+            n_fill = len(out_items) - n
+            scores = np.concatenate([scores, np.zeros(n_fill, np.float32)])
+            why_i += [np.empty(0, np.int64)] * n_fill
+            why_w += [np.empty(0, np.float32)] * n_fill
         lens = np.fromiter((len(t) for t in why_i), np.int64, len(why_i))
         indptr = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
         flat = np.concatenate(why_i).astype(np.int64) if why_i else np.empty(0, np.int64)
@@ -681,8 +683,7 @@ class OnlineRecommender:
 
     @staticmethod
     def _popular(v: LoadedVersion, exclude: np.ndarray | None, k: int) -> dict[str, Any]:
-        pop = v.popularity if exclude is None or not len(exclude) else v.popularity[~np.isin(v.popularity, exclude)]
-        pop = pop[:k]
+        pop = fill_with_popular(np.empty(0, np.int64), v.popularity, k, exclude)
         return {"items": pop.tolist(), "scores": [0.0] * len(pop), "triggers": [[] for _ in range(len(pop))],
                 "trigger_weights": [[] for _ in range(len(pop))], "num_candidates": 0, "num_personalized": 0}
 
@@ -817,15 +818,15 @@ def make_history_store(cfg: ServingConfig, feature_repo: str | None) -> HistoryS
 
 
 def parse_ts(value: int | str | None) -> int | None:
-    """Event time in µs since epoch from an int (µs) or an ISO-8601 string; ServingError if bad or before 2000."""
+    """Event time in µs since epoch from an int (µs) or an ISO-8601 string; ServingError if bad or before
+    ``data.min_ts`` (a ts too far ahead is refused by :meth:`OnlineRecommender.record_event`)."""
     if value is None:
         return None
-    from pi2i.data.events import to_us
-
     try:
         us = to_us(value)
     except (TypeError, ValueError) as e:
         raise ServingError(f"ts: {e}") from None
     if us < TS_MIN_US:
-        raise ServingError(f"ts {value!r} is before 2000-01-01 (ts is microseconds since epoch or ISO-8601)")
+        raise ServingError(f"ts {value!r} is before data.min_ts {to_iso(TS_MIN_US)} "
+                           "(ts is microseconds since epoch or ISO-8601)")
     return us

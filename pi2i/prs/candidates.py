@@ -15,7 +15,7 @@ and, for every candidate item of the group,
 
 A candidate's features depend only on the group and the candidate itself — never on which other candidates are
 scored beside it — so a candidate sampled for training and the same candidate in the serving pool get
-bit-identical inputs (``tests/test_prs_features.py`` checks it). Serving candidates are the union of the
+bit-identical inputs (``tests/test_prs.py`` checks it). Serving candidates are the union of the
 triggers' rows (:func:`candidate_union`); training picks the positive and sampled negatives from that same union
 (:mod:`pi2i.prs.sampling`).
 """
@@ -28,6 +28,7 @@ import numba as nb
 import numpy as np
 import pyarrow as pa
 
+from pi2i.data.events import drop_consecutive_repeats, rows_of
 from pi2i.ibs.i2i import I2IIndex
 
 #: Per-hit dense inputs of the multi-value trigger feature.
@@ -121,9 +122,6 @@ class ItemInfo:
         log_pop = np.zeros(len(all_ids), np.float32)
         log_pop[np.searchsorted(all_ids, pid)] = np.log1p(cnt)
         return cls(all_ids, side2, price2, log_pop)
-
-    def present_fields(self) -> list[str]:
-        return [f for j, f in enumerate(SIDE_FIELDS) if (self.side[:, j] >= 0).any()] if len(self.item_ids) else []
 
     def _find(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         flat = np.asarray(items, np.int64).ravel()
@@ -223,36 +221,22 @@ def build_groups(items: np.ndarray, ts: np.ndarray, lo: np.ndarray, hi: np.ndarr
     return Groups(trig, age, seq, prof)
 
 
-def dedup_consecutive(user_ptr: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """Mask keeping the first of back-to-back repeats of the same item within each user's clicks."""
-    keep = np.ones(len(items), bool)
-    if len(items) > 1:
-        keep[1:] = items[1:] != items[:-1]
-    keep[user_ptr[:-1][np.diff(user_ptr) > 0]] = True
-    return keep
-
-
-def normalize_history(items: np.ndarray, ts: np.ndarray, dedup: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One user's history as the sampler sees clicks: time order (stable), consecutive repeats collapsed."""
-    items = np.asarray(items, np.int64)
-    ts = np.asarray(ts, np.int64)
-    if len(ts) > 1 and (np.diff(ts) < 0).any():
-        o = np.argsort(ts, kind="stable")
-        items, ts = items[o], ts[o]
-    if dedup and len(items):
-        k = dedup_consecutive(np.array([0, len(items)]), items)
-        items, ts = items[k], ts[k]
-    return items, ts
-
-
 def serving_groups(histories: list[tuple[np.ndarray, np.ndarray]], L: int, S: int, dedup: bool) -> Groups:
-    """Groups at serving time: each history (oldest first, ts µs) normalized as the sampler normalizes clicks,
-    the context = all of it (the prediction is for the click after the last one)."""
-    norm = [normalize_history(i, t, dedup) for i, t in histories]
-    lens = np.array([len(i) for i, _ in norm], np.int64)
+    """Groups at serving time: each history (items, ts µs) seen as the sampler sees clicks — time order (ties
+    keep the given order), back-to-back repeats collapsed with ``dedup`` — the context = all of it (the
+    prediction is for the click after the last one)."""
+    lens = np.array([len(i) for i, _ in histories], np.int64)
+    indptr = np.zeros(len(lens) + 1, np.int64)
+    np.cumsum(lens, out=indptr[1:])
+    items = np.concatenate([np.asarray(i, np.int64) for i, _ in histories]) if len(lens) else np.empty(0, np.int64)
+    ts = np.concatenate([np.asarray(t, np.int64) for _, t in histories]) if len(lens) else np.empty(0, np.int64)
+    rows = rows_of(indptr)
+    order = np.lexsort((ts, rows))  # stable
+    items, ts = items[order], ts[order]
+    if dedup and len(items):
+        keep = drop_consecutive_repeats(indptr, items)
+        items, ts, lens = items[keep], ts[keep], np.bincount(rows[keep], minlength=len(lens))
     hi = np.cumsum(lens)
-    items = np.concatenate([i for i, _ in norm]) if norm else np.empty(0, np.int64)
-    ts = np.concatenate([t for _, t in norm]) if norm else np.empty(0, np.int64)
     return build_groups(items, ts, hi - lens, hi, L, S)
 
 

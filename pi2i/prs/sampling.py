@@ -25,8 +25,10 @@ Samples directory layout (all written by :func:`build_samples`)::
                                               (slot 0 = positive, -1 = pad; int32 when ids fit)
     samples/rates.npy                         [N, 2] float32 draws per row entry, positive / other triggers'
                                               rows (the logQ correction, with per-candidate hit counts)
-    i2i.parquet                               the i2i table the samples were drawn from (features need it)
+    i2i_table.parquet                         the i2i table the samples were drawn from (features need it)
     items.parquet  popularity.parquet  histories.parquet  stats.json  meta.json
+
+(file names: :mod:`pi2i.layout`)
 """
 
 from __future__ import annotations
@@ -37,7 +39,6 @@ from dataclasses import dataclass
 import numba as nb
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from pi2i.config import Config
 from pi2i.contracts import (
@@ -54,32 +55,32 @@ from pi2i.contracts import (
     write_json,
     write_parquet,
 )
+from pi2i.data.events import item_popularity, recent_histories
+from pi2i.data.events import splitmix64_next as _rng
 from pi2i.ibs.i2i import I2IIndex
+from pi2i.layout import (
+    CLICKS_SUBDIR,
+    HISTORIES_FILE,
+    I2I_FILE,
+    POPULARITY_FILE,
+    SAMPLES_SUBDIR,
+)
+from pi2i.layout import SAMPLES_META_FILE as META_FILE
+from pi2i.layout import SAMPLES_STATS_FILE as STATS_FILE
 from pi2i.prs.candidates import (
     Features,
     ItemInfo,
     RowLookup,
     _last_distinct,
     build_groups,
-    dedup_consecutive,
     featurize,
 )
 from pi2i.prs.io import load_npy, save_npy
 
-SAMPLES_SUBDIR, CLICKS_SUBDIR = "samples", "clicks"
-I2I_FILE, POPULARITY_FILE, HISTORIES_FILE, STATS_FILE, META_FILE = (
-    "i2i.parquet", "popularity.parquet", "histories.parquet", "stats.json", "meta.json")
-
-
-# --------------------------------------------------------------------------------------------- seeded RNG
-@nb.njit(cache=True, inline="always")
-def _rng(state):
-    """splitmix64: (new state, 64 random bits). Per-sample streams keep results thread-count independent."""
-    state = state + np.uint64(0x9E3779B97F4A7C15)
-    z = state
-    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return state, z ^ (z >> np.uint64(31))
+# seeded draws: one splitmix64 stream per sample (_rng), so results are independent of the thread count.
+# File names of a samples dir (re-exported for pi2i.prs.train / scoring and the methods)
+__all__ = ["CLICKS_SUBDIR", "HISTORIES_FILE", "I2I_FILE", "META_FILE", "POPULARITY_FILE", "SAMPLES_SUBDIR",
+           "STATS_FILE", "Clicks", "SampleSet", "build_samples", "items_table", "popularity_table"]
 
 
 @nb.njit(cache=True, inline="always")
@@ -213,20 +214,8 @@ class Clicks:
 
     @classmethod
     def from_events(cls, events: pa.Table, behaviors: list[str], dedup: bool) -> Clicks:
-        ev = events.filter(pc.is_in(events.column("behavior"), pa.array(behaviors)))
-        u = ev.column("user_id").to_numpy()
-        it = ev.column("item_id").to_numpy()
-        ts = ev.column("ts").cast(pa.int64()).to_numpy()
-        o = np.lexsort((ts, u))
-        u, it, ts = u[o], it[o], ts[o]
-        uniq, start = np.unique(u, return_index=True)
-        ptr = np.append(start, len(u)).astype(np.int64)
-        if dedup and len(it):
-            keep = dedup_consecutive(ptr, it)
-            it, ts, u = it[keep], ts[keep], u[keep]
-            uniq, start = np.unique(u, return_index=True)
-            ptr = np.append(start, len(u)).astype(np.int64)
-        return cls(uniq.astype(np.int64), ptr, it.astype(np.int64), ts.astype(np.int64))
+        """Every click of ``behaviors``, time order, back-to-back repeats collapsed with ``dedup``."""
+        return cls(*recent_histories(events, None, behaviors, dedup))
 
     def save(self, d: str) -> None:
         for f in ("user_ids", "user_ptr", "items", "ts"):
@@ -249,11 +238,9 @@ class Clicks:
 
 
 def popularity_table(events: pa.Table, behaviors: list[str]) -> pa.Table:
-    """Item click counts, most popular first (ties: smaller id first)."""
-    ev = events.filter(pc.is_in(events.column("behavior"), pa.array(behaviors)))
-    items, counts = np.unique(ev.column("item_id").to_numpy(), return_counts=True)
-    o = np.lexsort((items, -counts))
-    return pa.table({"item_id": pa.array(items[o], pa.int64()), "count": pa.array(counts[o], pa.int64())})
+    """``popularity.parquet``: item click counts, most popular first (ties: smaller id first)."""
+    items, counts = item_popularity(events, behaviors)
+    return pa.table({"item_id": pa.array(items, pa.int64()), "count": pa.array(counts, pa.int64())})
 
 
 def items_table(items_uri: str | None, events_uri: str, clicks: Clicks) -> pa.Table:

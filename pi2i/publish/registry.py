@@ -53,21 +53,27 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from pi2i.contracts import I2I_SCHEMA, ContractError, resolve
+from pi2i.layout import (
+    CURRENT_FILE,
+    HISTORY_LOG_FILE,
+    I2I_FILE,
+    MANIFEST_FILE,
+    METHOD_FILE,
+    METRICS_FILE,
+    MODEL_CONFIG_FILE,
+    MODEL_SUBDIR,
+)
 
 try:  # POSIX advisory locks mark a live publisher's staging dir; absent on Windows
     import fcntl
 except ImportError:  # pragma: no cover - not a POSIX system
     fcntl = None  # type: ignore[assignment]
 
-I2I_FILE = "i2i_table.parquet"
-MODEL_DIR = "model"
-METRICS_FILE = "metrics.json"
-MANIFEST_FILE = "MANIFEST.json"
-CURRENT_FILE = "CURRENT"
-HISTORY_FILE = "HISTORY.jsonl"
+# file names of a version dir and the registry root: pi2i.layout (re-exported here under the registry's names)
+MODEL_DIR = MODEL_SUBDIR
+HISTORY_FILE = HISTORY_LOG_FILE
+LEGACY_MODEL_FILE = MODEL_CONFIG_FILE  # a PI2I model dir from before method.json (pi2i.methods.manifest)
 LOCK_FILE = ".lock"
-METHOD_FILE = "method.json"  # pi2i.methods.base.METHOD_FILE: what a model dir says about its method
-LEGACY_MODEL_FILE = "config.json"  # a PI2I model dir from before method.json (pi2i.methods.manifest)
 STAGING_PREFIX = ".staging-"
 
 VERSION_RE = re.compile(r"^v\d{8}-\d{6}-[0-9a-f]{8}$")
