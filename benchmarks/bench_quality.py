@@ -29,7 +29,13 @@ METHODS = "popularity,swing,pool,ease,pi2i"
 KS = (20, 50, 100, 200, 500)
 
 
-def sh(*args: str) -> float:
+REUSE = False  # --reuse: skip a step whose output exists (re-print the table of a finished --work dir)
+
+
+def sh(*args: str) -> float | None:
+    out = args[args.index("--out") + 1]
+    if REUSE and Path(out).exists():
+        return None
     t0 = time.perf_counter()
     print("$ pi2i " + " ".join(args), flush=True)
     subprocess.run(PI2I + list(args), check=True, stdout=subprocess.DEVNULL)
@@ -38,7 +44,7 @@ def sh(*args: str) -> float:
 
 def run(dataset: str, work: Path, movielens: str) -> dict:
     d, s, i, sm, m, o = (str(work / dataset / x) for x in ("D", "S", "I", "SM", "M", "O"))
-    secs = {}
+    secs: dict[str, float | None] = {}
     if dataset == "movielens":
         secs["load"] = sh("data", "load", "--format", "movielens", "--input", movielens, "--out", d)
         secs["split"] = sh("data", "split", "--data", d, "--out", s, "--per-user-fraction", "0.1")
@@ -73,7 +79,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks/results/quality.json"))
     ap.add_argument("--baseline", default=None, help="results file of an earlier run to keep as 'before'")
     ap.add_argument("--baseline-note", default="", help="what the earlier run measured (code version)")
+    ap.add_argument("--reuse", action="store_true", help="skip steps whose output exists in --work")
     a = ap.parse_args()
+    global REUSE
+    REUSE = a.reuse
     work = Path(a.work or tempfile.mkdtemp(prefix="pi2i-quality-"))
     results = {"load_before": os.getloadavg()[0], "datasets": {}}
     for ds in a.datasets.split(","):
@@ -87,7 +96,7 @@ def main() -> None:
         hr_key = f"val_hr{cal.get('k')}"
         chosen = (f"popularity {cal['popularity']:g}, swing {cal['swing']:g}, {cal.get('seconds', '?')} s; val "
                   f"HR@{cal['k']} {cal[hr_key]:.4f} vs model {cal[hr_key + '_model']:.4f}" if cal else "-")
-        print(f"\n{ds}  (train {r['seconds']['train']} s; calibration {chosen})")
+        print(f"\n{ds}  (train {r['train_stats'].get('seconds')} s; calibration {chosen})")
         print("method".ljust(12) + "".join(f"HR@{k}".rjust(9) for k in KS))
         for name, hr in r["hr"].items():
             print(name.ljust(12) + "".join(f"{hr.get(str(k), float('nan')):9.4f}" for k in KS))

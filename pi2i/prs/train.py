@@ -10,6 +10,12 @@ the validation samples (a seeded, user-disjoint split): loss, HR@10 / HR@1 and M
 sample's candidates. Each epoch reports the metrics with a checkpoint holding the best weights so far (so the
 latest checkpoint is always the best); ``train.patience`` epochs without a better validation loss stop the run.
 
+After training, :func:`calibrate` chooses the weights of the popularity and Swing terms of the final score
+(:func:`pi2i.prs.scoring.calibrated_scores`) by full-pool HR@``eval.gate_k`` of held-out validation clicks, on an
+i2i index rebuilt without them (the sampled objective ranks ~100 drawn candidates whose features saw the click;
+serving ranks the whole pool of an index that never did). They are stored in ``config.json`` (``calibration``)
+and reported in ``train_stats.json``.
+
 The model directory ``M`` is self-contained: ``config.json``, ``model.safetensors``, ``vocab.parquet``,
 ``items.parquet``, ``popularity.parquet``, ``histories.parquet``, ``train_metrics.json``.
 """
