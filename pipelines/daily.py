@@ -103,10 +103,10 @@ def build_pipeline(with_augment: bool = False, methods: Sequence[str] = DEFAULT_
             sw.set_memory_limit("16G").set_cpu_limit("4")
             smp = samples(train=spl.outputs["train"], i2i=sw.outputs["i2i"], config=config)
 
-            def train_task(method: Any = None, run_id: str = dsl.PIPELINE_JOB_ID_PLACEHOLDER):
+            def train_task(method: Any = None):
                 tr = train(samples=smp.outputs["samples"], config=config, gpus=train_gpus,
                            accelerator=train_accelerator, compute=compute, namespace=namespace,
-                           staging_uri=staging_uri, run_id=run_id,
+                           staging_uri=staging_uri, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
                            **({"method": method} if method is not None else {}))
                 tr.set_memory_limit("16G").set_cpu_limit("4")
                 # the channels are also inputs of the task: KFP only forwards a parameter into the exit-handler
@@ -119,8 +119,7 @@ def build_pipeline(with_augment: bool = False, methods: Sequence[str] = DEFAULT_
                 model_args: dict[str, Any] = {"model": tr.outputs["model"]}
             else:  # one train task per method, in parallel; evaluated together from the collected list
                 with dsl.ParallelFor(items=list(methods), name="methods") as method:
-                    # per-method run id: its own RayJob name and staging prefix (compute='rayjob')
-                    tr = train_task(method, f"{method}-{dsl.PIPELINE_JOB_ID_PLACEHOLDER}")
+                    tr = train_task(method)  # the component keys its RayJob and staging prefix by method
                 model_args = {"models": dsl.Collected(tr.outputs["model"])}
             ev = evaluate(train=spl.outputs["train"], test=spl.outputs["test"], i2i=sw.outputs["i2i"],
                           config=config, registry_uri=registry_uri, **model_args)

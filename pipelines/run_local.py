@@ -70,7 +70,7 @@ def run_local(data_uri: str, registry_uri: str, work_dir: str, run_date: str | N
     from kfp import local
 
     from pi2i.publish import registry
-    from pipelines.daily import pi2i_daily
+    from pipelines.daily import pipeline_for
 
     work = Path(work_dir).resolve()
     root = work / "pipeline_root"
@@ -93,9 +93,11 @@ def run_local(data_uri: str, registry_uri: str, work_dir: str, run_date: str | N
         print(f"[pipeline] running pi2i-daily {run_date}; component logs: {log_path}", file=sys.stderr)
         try:
             with open(log_path, "a") as log, contextlib.redirect_stdout(_ProgressTee(log, sys.stderr)):
-                pi2i_daily(run_date=run_date, data_uri=data_uri, registry_uri=registry_uri, config=config or {},
-                           feature_repo=default_feature_repo() if feature_repo is None else feature_repo,
-                           service_url=service_url)
+                # the DAG shape of the config's `pipeline` section (augment, methods)
+                pipeline_for(config)(run_date=run_date, data_uri=data_uri, registry_uri=registry_uri,
+                                     config=config or {},
+                                     feature_repo=default_feature_repo() if feature_repo is None else feature_repo,
+                                     service_url=service_url)
         except Exception:
             print(f"[pipeline] a step failed; its full output is in {log_path}", file=sys.stderr)
             raise

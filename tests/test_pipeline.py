@@ -49,6 +49,25 @@ def test_cli_compile(tmp_path):
     assert _load(out)["pipelineInfo"]["name"] == "pi2i-daily"
 
 
+def test_cli_compile_with_config_shapes_the_dag(tmp_path):
+    """`pi2i pipeline compile --config C`: C's `pipeline` section picks the DAG; a gate method that is not
+    trained is refused."""
+    from typer.testing import CliRunner
+
+    from pi2i.cli import app
+
+    cfg, out = tmp_path / "c.yaml", tmp_path / "p.yaml"
+    cfg.write_text("pipeline: {methods: [pi2i, mtmh], augment: true}\n")
+    res = CliRunner().invoke(app, ["pipeline", "compile", "--out", str(out), "--config", str(cfg)])
+    assert res.exit_code == 0, res.output
+    comps = _load(out)["components"]
+    assert "comp-augment" in comps and any(name.startswith("comp-for-loop") for name in comps)
+    cfg.write_text("pipeline: {methods: [pdn]}\n")
+    res = CliRunner().invoke(app, ["pipeline", "compile", "--out", str(out), "--config", str(cfg)])
+    # a ValueError: `pi2i.cli.main` prints it as one line and exits 2
+    assert isinstance(res.exception, ValueError) and "eval.gate_method 'pi2i'" in str(res.exception)
+
+
 def test_cli_run_and_demo_fail_clearly_and_document_themselves(tmp_path):
     from typer.testing import CliRunner
 
@@ -252,9 +271,6 @@ def test_several_methods_train_in_parallel_and_are_evaluated_together(tmp_path):
     train = loop_dag["dag"]["tasks"]["train"]
     item = body[loop]["parameterIterator"]["itemInput"]
     assert train["inputs"]["parameters"]["method"] == {"componentInputParameter": item}
-    # each method's RayJob and staging prefix get their own name (compute='rayjob')
-    assert train["inputs"]["parameters"]["run_id"]["runtimeValue"]["constant"] == \
-        f"{{{{$.inputs.parameters['{item}']}}}}-{{{{$.pipeline_job_uuid}}}}"
     (collected,) = loop_dag["outputDefinitions"]["artifacts"].values()
     assert collected["isArtifactList"] is True
     assert loop_dag["dag"]["outputs"]["artifacts"][next(iter(loop_dag["outputDefinitions"]["artifacts"]))] == {

@@ -22,7 +22,8 @@ def train(samples: Input[Dataset], config: dict, gpus: int, accelerator: str, co
     if gpus > 0:
         config = {**config, "train": {**config.get("train", {}), "use_gpu": True}}
     cfg = parse_config(config)
-    remote_out = join(staging_uri or "", run_id, "model")
+    # per method: the parallel train tasks of one run (pipeline.methods) get their own staging prefix and RayJob
+    remote_out, job_id = join(staging_uri or "", run_id, method, "model"), f"{method}-{run_id}"
 
     def local():
         if method != "pi2i":
@@ -40,7 +41,7 @@ def train(samples: Input[Dataset], config: dict, gpus: int, accelerator: str, co
         "train", compute, local,
         ["pi2i", "prs", "train", "--method", method, "--samples", remote_uri(samples.uri), "--out", remote_out,
          "--config", "{config}"],
-        remote_out, model.path, namespace, run_id, config=config, gpus_per_worker=gpus)
+        remote_out, model.path, namespace, job_id, config=config, gpus_per_worker=gpus)
     for k, v in flat_metrics(result if compute == "local" else {}).items():
         metrics.log_metric(k, v)
     model.metadata.update({"framework": "pytorch", "method": method, "use_gpu": cfg.train.use_gpu,

@@ -83,11 +83,13 @@ def register(app: typer.Typer) -> None:
     pipeline_app = typer.Typer(help=HELP, no_args_is_help=True)
 
     @pipeline_app.command("compile")
-    def compile_cmd(out: Annotated[Path, typer.Option("--out", help="where to write the KFP IR YAML")]) -> None:
-        """Compile the `pi2i-daily` pipeline to KFP IR YAML (what `submit` uploads)."""
+    def compile_cmd(out: Annotated[Path, typer.Option("--out", help="where to write the KFP IR YAML")],
+                    config: ConfigOpt = None) -> None:
+        """Compile the `pi2i-daily` pipeline to KFP IR YAML (what `submit` uploads); the `pipeline` section of
+        `--config` (augment, methods) shapes the DAG."""
         from pipelines.daily import compile_pipeline
 
-        typer.echo(str(compile_pipeline(out)))
+        typer.echo(str(compile_pipeline(out, _config(None, config))))
 
     @pipeline_app.command("run")
     def run_cmd(
@@ -181,7 +183,7 @@ def register(app: typer.Typer) -> None:
                   "config": _config(None, config), "compute": compute, "train_gpus": train_gpus,
                   "staging_uri": _cluster_uri("--staging-uri", staging_uri), "deploy_target": "kubernetes",
                   "feature_store_yaml": "feature_repo/feature_store.redis.yaml"}
-        pkg = package or compile_pipeline(Path(tempfile.mkdtemp()) / "pi2i_daily.yaml")
+        pkg = package or compile_pipeline(Path(tempfile.mkdtemp()) / "pi2i_daily.yaml", params["config"])
         try:
             result = submit(host, params, cron=cron, experiment=experiment, package=pkg)
         except Exception as e:

@@ -237,6 +237,8 @@ def _tail(text: str, lines: int = 40) -> str:
 STEP_RESOURCES: dict[str, dict[str, Any]] = {
     "swing": {"num_workers": 4, "worker_cpu": "4", "worker_memory": "16Gi", "gpus_per_worker": 0},
     "train": {"num_workers": 2, "worker_cpu": "4", "worker_memory": "16Gi", "gpus_per_worker": 1},
+    # LLM-I2I generator + discriminator: Ray Train like the scorer (train.num_workers, GPU workers)
+    "augment": {"num_workers": 2, "worker_cpu": "4", "worker_memory": "16Gi", "gpus_per_worker": 1},
 }
 #: Entrypoints of the templates; the ``__UPPER__`` placeholders are filled per run by the component.
 TEMPLATE_ENTRYPOINTS: dict[str, list[str]] = {
@@ -244,6 +246,8 @@ TEMPLATE_ENTRYPOINTS: dict[str, list[str]] = {
               "--no-progress"],
     "train": ["pi2i", "prs", "train", "--samples", "__SAMPLES_URI__", "--out", "__OUT_URI__", "--config",
               "__CONFIG_URI__"],
+    "augment": ["pi2i", "augment", "--events", "__EVENTS_URI__", "--out", "__OUT_URI__", "--config", "__CONFIG_URI__",
+                "--no-progress"],
 }
 
 

@@ -170,12 +170,12 @@ class SplitLinear(nn.Module):
         self.lin = nn.Linear(sum(in_dims), out)
 
     def forward(self, parts: list[torch.Tensor]) -> torch.Tensor:
-        out, o = None, 0
+        out: torch.Tensor = self.lin.bias
+        o = 0
         for p, d in zip(parts, self.in_dims):
-            y = nn.functional.linear(p, self.lin.weight[:, o:o + d])
-            out = y if out is None else out + y
+            out = out + nn.functional.linear(p, self.lin.weight[:, o:o + d])
             o += d
-        return out + self.lin.bias
+        return out
 
 
 class MLPHead(nn.Module):
@@ -196,6 +196,9 @@ class MLPHead(nn.Module):
 
 class Standardize(nn.Module):
     """(x - mean) / std with statistics fitted on training features (stored with the weights)."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, n: int):
         super().__init__()
@@ -228,6 +231,7 @@ class PRSModel(nn.Module):
         self.mha = nn.MultiheadAttention(D, cfg.num_heads, dropout=cfg.dropout, batch_first=True)
         self.head = MLPHead([D, D, D, D, D, D], cfg.hidden, 1, cfg.dropout)
         for e in self.emb:
+            assert isinstance(e, nn.Embedding)
             nn.init.normal_(e.weight, std=0.05)
             with torch.no_grad():
                 e.weight[PAD].zero_()
