@@ -72,6 +72,14 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_config() -> dict[str, dict[str, Any]]:
+    """The tiny chain's config as a dict (a copy), for tests that derive their own config from it."""
+    import copy
+
+    return copy.deepcopy(TINY_CONFIG)
+
+
+@pytest.fixture(scope="session")
 def tiny_cfg(tiny_root: Path) -> Any:
     import yaml
 

@@ -144,15 +144,13 @@ def test_publish_deploy_record(tmp_path, published_inputs):
     assert registry.list_versions(reg) == sorted([v1, v2])  # the run log is not mistaken for a version
 
 
-def test_train_then_evaluate_several_methods_hands_on_the_gate_method(tmp_path, tiny_chain):
+def test_train_then_evaluate_several_methods_hands_on_the_gate_method(tmp_path, tiny_chain, tiny_config):
     """The multi-method path of the daily pipeline through the component bodies: `train` with `method=pi2i`
     and `method=pdn` (the ParallelFor's tasks), then `evaluate` over the collected list of both models — every
     method on the same users, and `candidate` is a copy of the gate method's model dir (what publish gets)."""
-    from conftest import TINY_CONFIG
-
     from pi2i.methods import read_manifest
 
-    config = {**TINY_CONFIG, "train": {**TINY_CONFIG["train"], "torch_threads": 1,
+    config = {**tiny_config, "train": {**tiny_config["train"], "torch_threads": 1,
                                        "storage_path": str(tmp_path / "ray")},
               "methods": {"pdn": {"max_batches_per_epoch": 4}}, "eval": {"gate_method": "pdn", "ks": [20, 50]}}
     models = []
