@@ -8,7 +8,7 @@ Runs the documented CLI steps end to end and prints HR@K of every method::
     pi2i samples --events S/train/events.parquet --i2i I --out SM ; pi2i train --samples SM --out M
     pi2i evaluate --train S/train --test S/test --i2i I --model M --methods popularity,swing,pool,ease,pi2i --out O
 
-Usage: ``python benchmarks/bench_quality.py [--datasets movielens,demo] [--work DIR] [--out F.json]``
+Usage: ``python benchmarks/bench_quality.py [--datasets movielens,demo,taobao] [--work DIR] [--out F.json]``
 """
 
 from __future__ import annotations
@@ -24,7 +24,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PI2I = [str(Path(sys.executable).with_name("pi2i"))]
-MOVIELENS = "/work/shared/data/movielens-sample/ratings.dat"
+SHARED = ROOT.parent / "shared" / "data"  # the real samples live beside the checkout, never in it
+MOVIELENS = str(SHARED / "movielens-sample" / "ratings.dat")
+TAOBAO = str(SHARED / "taobao" / "userbehavior_head.csv")
 METHODS = "popularity,swing,pool,ease,pi2i"
 KS = (20, 50, 100, 200, 500)
 
@@ -48,6 +50,9 @@ def run(dataset: str, work: Path, movielens: str) -> dict:
     if dataset == "movielens":
         secs["load"] = sh("data", "load", "--format", "movielens", "--input", movielens, "--out", d)
         secs["split"] = sh("data", "split", "--data", d, "--out", s, "--per-user-fraction", "0.1")
+    elif dataset == "taobao":
+        secs["load"] = sh("data", "load", "--format", "taobao", "--input", TAOBAO, "--out", d)
+        secs["split"] = sh("data", "split", "--data", d, "--out", s, "--test-days", "1")
     else:
         secs["generate"] = sh("data", "generate", "--preset", "demo", "--out", d)
         secs["split"] = sh("data", "split", "--data", d, "--out", s, "--test-days", "1")
