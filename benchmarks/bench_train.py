@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -100,15 +101,19 @@ def build_data(data_dir: Path) -> str:
     from pi2i.config import Config
     from pi2i.data.synthetic import generate_preset
     from pi2i.ibs.swing import run_swing
+    from pi2i.layout import I2I_FILE
     from pi2i.prs.sampling import build_samples
 
     samples = data_dir / "samples"
-    if (samples / "stats.json").exists():
-        return str(samples)
-    cfg = Config()
-    generate_preset("demo", str(data_dir / "data"), seed=0)
-    run_swing(str(data_dir / "data" / "events.parquet"), str(data_dir / "i2i.parquet"), cfg.swing)
-    build_samples(str(data_dir / "data" / "events.parquet"), str(data_dir / "i2i.parquet"), str(samples), cfg)
+    if not (samples / "stats.json").exists() or not (samples / I2I_FILE).exists():  # absent, or an older layout
+        shutil.rmtree(samples, ignore_errors=True)
+        cfg = Config()
+        generate_preset("demo", str(data_dir / "data"), seed=0)
+        run_swing(str(data_dir / "data" / "events.parquet"), str(data_dir / "i2i.parquet"), cfg.swing)
+        build_samples(str(data_dir / "data" / "events.parquet"), str(data_dir / "i2i.parquet"), str(samples), cfg)
+    legacy = samples / "i2i.parquet"  # the name the "before" trainer (commit 0016eb8) reads
+    if not legacy.exists():
+        shutil.copyfile(samples / I2I_FILE, legacy)
     return str(samples)
 
 
