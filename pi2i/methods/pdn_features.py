@@ -312,15 +312,12 @@ class RowIndex:
 
     @classmethod
     def build(cls, index: I2IIndex) -> RowIndex:
-        lens = np.diff(index.indptr)
-        row_of = np.repeat(np.arange(len(lens), dtype=np.int64), lens)
-        order = np.lexsort((index.targets, row_of))
-        top = np.zeros(len(lens), np.float64)
-        nz = lens > 0
-        if nz.any():
-            top[nz] = np.maximum.reduceat(index.scores.astype(np.float64), index.indptr[:-1][nz])
-        return cls(index, index.targets[order], index.scores[order].astype(np.float64),
-                   index.ranks[order].astype(np.int64), top)
+        """PI2I's per-row target-sorted lookup (:class:`pi2i.prs.candidates.RowLookup`), widened for the kernels."""
+        from pi2i.prs.candidates import RowLookup
+
+        lk = RowLookup.build(index)
+        return cls(index, lk.s_targets, lk.s_scores.astype(np.float64), lk.s_ranks.astype(np.int64),
+                   lk.row_top.astype(np.float64))
 
     def paths(self, trig: np.ndarray, cands: np.ndarray) -> tuple[np.ndarray, ...]:
         """(group, trigger slot, candidate slot, score, rank, row) of every path trigger -> candidate."""
