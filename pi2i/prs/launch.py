@@ -65,9 +65,12 @@ def cpu_quota() -> int:
 
 def set_threads(n: int | None = None) -> int:
     """Size torch's intra-op pool, numba's pool and (via the environment, for child processes) OpenMP/BLAS pools
-    to ``n`` threads, default :func:`cpu_quota`. Returns the count used."""
+    to ``n`` threads, default :func:`cpu_quota`. Returns the count used.
+
+    ``NUMBA_NUM_THREADS`` is deliberately left alone: numba re-reads it at every compile and refuses to go on
+    once its pool is up with a different size; ``numba.set_num_threads`` sizes the work instead."""
     n = max(1, int(n or cpu_quota()))
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ.setdefault(var, str(n))
     try:  # numba first: starting its OpenMP pool resets the process's OpenMP thread count, which torch shares
         import numba
