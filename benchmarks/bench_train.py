@@ -6,9 +6,10 @@ measured side by side in one run.
   negatives per sample), the default model; built once into ``--data-dir``.
 * "before": the trainer as committed before issue 13 (``git archive <--before-rev> pi2i``) unpacked into a temp
   dir and run from there; "after": this working tree. Each runs ``--batches`` timed training batches of
-  ``--batch-size`` samples (after one warm-up batch) in a fresh subprocess, with its own loop: the old one builds
-  features inline with torch's default thread count; the new one prefetches batches on a background thread and
-  picks torch's thread count from measured step times within the process's CPU quota.
+  ``--batch-size`` samples (after one warm-up batch) in a fresh subprocess: the old trainer's loop builds features
+  inline with torch's default thread count; the new one is the trainer's own :class:`pi2i.prs.train.StepRunner`
+  (each batch cut into slices computed at once on one thread per slice, features included; the slice count
+  picked from measured step times within the process's CPU quota).
 * "loaded": the same, while one busy-looping process per core of the quota competes for the CPUs.
 
     .venv/bin/python benchmarks/bench_train.py --out benchmarks/results/train.json
@@ -63,35 +64,37 @@ def worker(samples: str, batches: int, batch_size: int, variant: str) -> dict:
 
     threads = None
     try:
-        from pi2i.prs.launch import set_threads
-        from pi2i.prs.train import ThreadTuner
-        from pi2i.prs.train import batches as batch_iter
+        from pi2i.prs.launch import keep_freed_memory, set_threads
+        from pi2i.prs.train import StepRunner
         new = True
     except ImportError:
         new = False
-    if new:
+    if new:  # exactly the trainer's steps (pi2i.prs.train._train_loop)
         quota = set_threads()
-        tuner = ThreadTuner(quota, period=1000, trial=3)
+        keep_freed_memory()
+        model.fit_normalizers(to_tensors(feats(idx[0]), vocab))
+        runner = StepRunner(model, opt, ss, vocab, cfg, torch.device("cpu"), quota, 1)
+        runner.tuner.period = 1000
         t0 = c0 = None
         used = []
-        for k, (i, b) in enumerate(batch_iter(ss, idx, vocab, cfg, prefetch=tuner.prefetch)):
-            if k == 1:
+        for k, (i, _) in enumerate(runner.steps(idx)):
+            if k == 0:
                 t0, c0 = time.perf_counter(), time.process_time()
-            step(b)
-            tuner.tick(len(i))
-            used.append(torch.get_num_threads())
+            else:
+                used.append(runner.describe())
+        runner.close()
         threads = used
     else:
         for k, i in enumerate(idx):
             if k == 1:
                 t0, c0 = time.perf_counter(), time.process_time()
             step(to_tensors(feats(i), vocab))
-        threads = [torch.get_num_threads()]
+        threads = [f"{torch.get_num_threads()} threads"]
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     n = batches * batch_size
     return {"variant": variant, "samples_per_s": n / wall, "candidate_scorings_per_s": n_valid / wall,
             "cpu_seconds_per_1k_samples": 1000 * cpu / n, "wall_s": wall, "samples": n,
-            "candidates_per_sample": n_valid / n, "torch_threads": sorted(set(threads)),
+            "candidates_per_sample": n_valid / n, "settings": sorted(set(threads)),
             "threads_last": threads[-1]}
 
 

@@ -303,10 +303,33 @@ def candidate_union(lookup: RowLookup, triggers: np.ndarray,
 
 
 # --------------------------------------------------------------------------------------------- features
+@nb.njit(cache=True, inline="always")
+def _gallop(a, lo, hi, x):
+    """First index ``p`` in ``[lo, hi)`` with ``a[p] >= x`` (``a`` sorted), searching outward from ``lo``: a
+    merge of sorted candidates with a sorted row costs O(log gap) per candidate instead of O(log row)."""
+    if lo >= hi or a[lo] >= x:
+        return lo
+    step = 1
+    while lo + step < hi and a[lo + step] < x:  # a[lo] < x throughout
+        lo += step
+        step *= 2
+    end = min(lo + step, hi)
+    lo += 1
+    while lo < end:
+        mid = (lo + end) >> 1
+        if a[mid] < x:
+            lo = mid + 1
+        else:
+            end = mid
+    return lo
+
+
 @nb.njit(cache=True, parallel=True, nogil=True)
 def _features_kernel(cands, trig, trig_rows, trig_age, trig_cat, trig_price, cand_cat, cand_price, cand_pop,
                      indptr, s_targets, s_scores, s_ranks, row_top, L, H,
                      hit_slot, hit_dense, cross, hits_pe):
+    """Per group: each trigger's row (sorted by target) is merged with the group's candidates in id order; a
+    candidate's hits accumulate in trigger order, so every feature equals the per-candidate definition."""
     G, C = cands.shape
     LT = trig.shape[1]
     split = hits_pe.shape[0] > 0
@@ -323,19 +346,64 @@ def _features_kernel(cands, trig, trig_rows, trig_age, trig_cat, trig_price, can
                     a, b = indptr[r], indptr[r + 1]
                     p = np.searchsorted(s_targets[a:b], cands[g, 0])
                     ptrig[q] = p < b - a and s_targets[a + p] == cands[g, 0]
+        order = np.argsort(cands[g])
+        first = 0  # order[first:] are the valid candidates, ascending
+        while first < C and cands[g, order[first]] < 0:
+            first += 1
+        nh = np.zeros(C, np.int64)
+        best = np.full(C, 1 << 30, np.int64)
+        mx = np.zeros(C)
+        sm = np.zeros(C)
+        mxr = np.zeros(C)
+        smr = np.zeros(C)
+        minpos = np.full(C, -1, np.int64)
+        minage = np.zeros(C)
+        recent = np.zeros(C)
+        for q in range(ntrig):
+            r = trig_rows[g, q]
+            if r < 0:
+                continue
+            p, b = indptr[r], indptr[r + 1]
+            rel_den = row_top[r]
+            for o in range(first, C):
+                c = order[o]
+                x = cands[g, c]
+                p = _gallop(s_targets, p, b, x)
+                if p >= b:
+                    break
+                if s_targets[p] != x:
+                    continue
+                s = s_scores[p]
+                rk = s_ranks[p]
+                rel = s / rel_den if rel_den > 0 else 0.0
+                k = nh[c]
+                if k < H:
+                    hit_slot[g, c, k] = q
+                    hit_dense[g, c, k, 0] = s
+                    hit_dense[g, c, k, 1] = rel
+                    hit_dense[g, c, k, 2] = np.log(rk)
+                    hit_dense[g, c, k, 3] = q / L
+                    hit_dense[g, c, k, 4] = np.log1p(max(trig_age[g, q], 0.0))
+                if split:
+                    if ptrig[q]:
+                        hits_pe[g, c, 0] += 1
+                    else:
+                        hits_pe[g, c, 1] += 1
+                if minpos[c] < 0:
+                    minpos[c] = q
+                    minage[c] = trig_age[g, q]
+                if q == 0:
+                    recent[c] = 1.0
+                nh[c] = k + 1
+                best[c] = min(best[c], rk)
+                mx[c] = max(mx[c], s)
+                sm[c] += s
+                mxr[c] = max(mxr[c], rel)
+                smr[c] += rel
         for c in range(C):
             x = cands[g, c]
             if x < 0:
                 continue
-            nh = 0
-            best = 1 << 30
-            mx = 0.0
-            sm = 0.0
-            mxr = 0.0
-            smr = 0.0
-            minpos = -1
-            minage = 0.0
-            recent = 0.0
             is_trig = 0.0
             same_any = 0.0
             for q in range(ntrig):
@@ -343,52 +411,19 @@ def _features_kernel(cands, trig, trig_rows, trig_age, trig_cat, trig_price, can
                     is_trig = 1.0
                 if cand_cat[g, c] >= 0 and trig_cat[g, q] == cand_cat[g, c]:
                     same_any = 1.0
-                r = trig_rows[g, q]
-                if r < 0:
-                    continue
-                a, b = indptr[r], indptr[r + 1]
-                p = np.searchsorted(s_targets[a:b], x)
-                if p >= b - a or s_targets[a + p] != x:
-                    continue
-                s = s_scores[a + p]
-                rk = s_ranks[a + p]
-                rel = s / row_top[r] if row_top[r] > 0 else 0.0
-                if nh < H:
-                    hit_slot[g, c, nh] = q
-                    hit_dense[g, c, nh, 0] = s
-                    hit_dense[g, c, nh, 1] = rel
-                    hit_dense[g, c, nh, 2] = np.log(rk)
-                    hit_dense[g, c, nh, 3] = q / L
-                    hit_dense[g, c, nh, 4] = np.log1p(max(trig_age[g, q], 0.0))
-                if split:
-                    if ptrig[q]:
-                        hits_pe[g, c, 0] += 1
-                    else:
-                        hits_pe[g, c, 1] += 1
-                if minpos < 0:
-                    minpos = q
-                    minage = trig_age[g, q]
-                if q == 0:
-                    recent = 1.0
-                nh += 1
-                best = min(best, rk)
-                mx = max(mx, s)
-                sm += s
-                mxr = max(mxr, rel)
-                smr += rel
-            cross[g, c, 0] = np.log1p(nh)
-            if nh > 0:
-                cross[g, c, 1] = np.log(best)
-                cross[g, c, 2] = 1.0 / best
-                cross[g, c, 7] = minpos / L
-                cross[g, c, 8] = np.log1p(max(minage, 0.0))
+            cross[g, c, 0] = np.log1p(nh[c])
+            if nh[c] > 0:
+                cross[g, c, 1] = np.log(best[c])
+                cross[g, c, 2] = 1.0 / best[c]
+                cross[g, c, 7] = minpos[c] / L
+                cross[g, c, 8] = np.log1p(max(minage[c], 0.0))
             else:
                 cross[g, c, 7] = 1.0
-            cross[g, c, 3] = mx
-            cross[g, c, 4] = sm
-            cross[g, c, 5] = mxr
-            cross[g, c, 6] = smr
-            cross[g, c, 9] = recent
+            cross[g, c, 3] = mx[c]
+            cross[g, c, 4] = sm[c]
+            cross[g, c, 5] = mxr[c]
+            cross[g, c, 6] = smr[c]
+            cross[g, c, 9] = recent[c]
             if ntrig > 0 and cand_cat[g, c] >= 0 and trig_cat[g, 0] == cand_cat[g, c]:
                 cross[g, c, 10] = 1.0
             cross[g, c, 11] = same_any

@@ -85,6 +85,29 @@ def set_threads(n: int | None = None) -> int:
     return n
 
 
+def keep_freed_memory() -> None:
+    """Let glibc's malloc keep freed memory for reuse instead of unmapping it (no-op elsewhere).
+
+    A training step allocates and frees the same ~13 MB activation tensors over and over; above glibc's default
+    mmap threshold each one is a fresh mapping whose pages fault in and are zeroed anew on every step (measured:
+    5-10% of the step time). Serving blocks up to 32 MB from the heap and trimming only above 256 MB free removes
+    that cost."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name or not hasattr(os, "sched_getaffinity"):  # not Linux
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    mallopt(M_MMAP_THRESHOLD, 32 << 20)
+    mallopt(M_TRIM_THRESHOLD, 256 << 20)
+
+
 def run_ray_train(loop_fn: Callable[[dict], None], loop_config: dict[str, Any], cfg: Config, name: str):
     """Run ``loop_fn(loop_config)`` under Ray Train's ``TorchTrainer`` with ``cfg.train`` (num_workers, use_gpu,
     storage_path) and return the ``ray.train.Result`` (its ``checkpoint`` is the last one reported).

@@ -204,10 +204,29 @@ def _features(ss: SampleSet, idx: np.ndarray, cfg: Config, with_logq: bool = Fal
                        with_logq=with_logq)
 
 
-def _single_thread_numba() -> None:
+def _one_thread() -> None:
+    """Initializer of a worker thread: one torch and one numba thread (per-thread settings in both)."""
     import numba
 
-    numba.set_num_threads(1)  # per-thread setting: the prefetch thread's kernels run on that thread alone
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+
+
+def make_batch(ss: SampleSet, idx: np.ndarray, vocab: Vocab, cfg: Config,
+               device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """Model inputs of training samples ``idx`` (with ``logq`` when the logQ correction is on)."""
+    feat = _features(ss, idx, cfg, with_logq=cfg.train.logq_correction)
+    leave_one_out_popularity(feat)
+    b = to_tensors(feat, vocab, device)
+    if feat.logq is not None:
+        b["logq"] = torch.from_numpy(np.ascontiguousarray(feat.logq[:, :b["cand"].shape[1]])).to(device)
+    return b
+
+
+def batch_loss(net: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Eq. 12 on a batch, logQ-corrected when the batch carries ``logq``."""
+    logits = net(b)
+    return softmax_loss(logits - b["logq"] if "logq" in b else logits)
 
 
 def batches(ss: SampleSet, index_batches: list[np.ndarray], vocab: Vocab, cfg: Config,
@@ -218,20 +237,12 @@ def batches(ss: SampleSet, index_batches: list[np.ndarray], vocab: Vocab, cfg: C
     pass); otherwise it is built inline, with this thread's numba pool (all of the quota)."""
     if not index_batches:
         return
-
-    def make(idx: np.ndarray) -> dict[str, torch.Tensor]:
-        feat = _features(ss, idx, cfg, with_logq=cfg.train.logq_correction)
-        leave_one_out_popularity(feat)
-        b = to_tensors(feat, vocab, device)
-        if feat.logq is not None:
-            b["logq"] = torch.from_numpy(np.ascontiguousarray(feat.logq[:, :b["cand"].shape[1]])).to(device)
-        return b
-
-    with ThreadPoolExecutor(1, thread_name_prefix="pi2i-batches", initializer=_single_thread_numba) as pool:
+    with ThreadPoolExecutor(1, thread_name_prefix="pi2i-batches", initializer=_one_thread) as pool:
         fut = None
         for i, idx in enumerate(index_batches):
-            b = fut.result() if fut is not None else make(idx)
-            fut = pool.submit(make, index_batches[i + 1]) if i + 1 < len(index_batches) and prefetch() else None
+            b = fut.result() if fut is not None else make_batch(ss, idx, vocab, cfg, device)
+            fut = (pool.submit(make_batch, ss, index_batches[i + 1], vocab, cfg, device)
+                   if i + 1 < len(index_batches) and prefetch() else None)
             yield idx, b
 
 
@@ -244,26 +255,18 @@ def leave_one_out_popularity(feat) -> None:
     feat.cross[:, 0, j] = np.where(feat.cands[:, 0] >= 0, np.log1p(np.maximum(np.expm1(x) - 1.0, 0.0)), x)
 
 
-class ThreadTuner:
-    """Chooses, from measured step times, how the CPU quota is split: all of it to torch's intra-op pool with
-    features built inline, or quota-1 torch threads with features prefetched on a background thread. Every
-    ``period`` steps it times ``trial`` steps of each and keeps the faster. On a quiet node the first tends to
-    win; when other processes compete for the cores the second does (OpenMP barriers wait on preempted threads).
-    ``fixed`` pins torch's thread count (``train.torch_threads``)."""
+class Tuner:
+    """Keeps the fastest of a few settings by measured step time: every ``period`` steps it times ``trial`` steps
+    of each option and keeps the one with the lowest median time per sample. The right setting depends on what
+    else runs on the node, so it is measured, not guessed."""
 
-    def __init__(self, quota: int, fixed: int = 0, period: int = 100, trial: int = 3):
-        self.quota = max(1, quota)
-        self.options = [fixed] if fixed else sorted({max(1, self.quota - 1), self.quota})
+    def __init__(self, options: list[int], period: int = 100, trial: int = 3):
+        self.options = sorted(set(options))
         self.period, self.trial = period, trial
         self.step = 0
         self.times: dict[int, list[float]] = {n: [] for n in self.options}
-        self.current = self.options[0] if len(self.options) > 1 else self.options[-1]
+        self.current = self.options[0]
         self._last = time.perf_counter()
-        torch.set_num_threads(self.current)
-
-    def prefetch(self) -> bool:
-        """Build the next batch on the background thread (torch does not hold the whole quota)."""
-        return self.current < self.quota
 
     def tick(self, n_samples: int) -> None:
         """End of a step of ``n_samples``: record its wall time (batch building included), pick the next setting."""
@@ -281,8 +284,98 @@ class ThreadTuner:
             elif phase == n_trial:
                 self.current = min(self.options,
                                    key=lambda n: float(np.median(self.times[n][-self.trial:] or [np.inf])))
-            if torch.get_num_threads() != self.current:
-                torch.set_num_threads(self.current)
+
+
+def _numba_threadsafe() -> bool:
+    """Whether numba's threading layer accepts parallel kernels launched from several threads at once."""
+    import numba
+
+    try:
+        return numba.threading_layer() in ("omp", "tbb")
+    except ValueError:  # no parallel kernel has run yet in this process
+        return False
+
+
+class StepRunner:
+    """The optimizer steps of one training worker: how a batch becomes a step on this worker's CPU quota.
+
+    **Sliced** (CPU, one worker, the default): the batch is cut into ``n`` slices computed at once on ``n``
+    threads with one torch and one numba thread each, features included. A step is ~100 small kernels over ~26k
+    candidate rows: one intra-op pool spread over them gains little (1.3x from 2 threads here) and stalls whenever
+    another process preempts one of its threads (OpenMP barriers), while independent slices scale ~1.7x and lose
+    only the CPU share they are denied. Each slice's gradient comes back from ``torch.autograd.grad`` weighted by
+    its share of the batch and the slices are summed in order: the step is the full-batch step, reproducibly.
+    ``n`` is the quota, one more or twice it (under contention the scheduler shares the cores per thread, so more
+    slices win back CPU share; on a quiet node they only add switching), chosen by :class:`Tuner`. **Whole** (GPU, DDP workers, ``train.shards = 1``, pinned ``train.torch_threads``, or layers that
+    draw from torch's global generator — dropout, the random trigger ablation — which racing threads would make
+    irreproducible): the batch goes through one intra-op pool, the next one built on a background thread when
+    the tuner leaves a core for it."""
+
+    def __init__(self, net: torch.nn.Module, opt: torch.optim.Optimizer, ss: SampleSet, vocab: Vocab, cfg: Config,
+                 device: torch.device, quota: int, world: int):
+        tc = cfg.train
+        self.net, self.opt, self.ss, self.vocab, self.cfg, self.device, self.quota = (
+            net, opt, ss, vocab, cfg, device, quota)
+        self.sliced = (tc.shards != 1 and not tc.torch_threads and world == 1 and device.type == "cpu"
+                       and cfg.model.dropout == 0 and cfg.model.trigger_feature != "random" and _numba_threadsafe())
+        self.params = [p for p in net.parameters() if p.requires_grad]
+        self.pool: ThreadPoolExecutor | None = None
+        if self.sliced:
+            self.tuner = Tuner([tc.shards] if tc.shards else [quota, quota + 1, 2 * quota])
+            self.pool = ThreadPoolExecutor(max(self.tuner.options), thread_name_prefix="pi2i-slice",
+                                           initializer=_one_thread)
+        else:
+            self.tuner = Tuner([tc.torch_threads] if tc.torch_threads else [max(1, quota - 1), quota])
+            torch.set_num_threads(self.tuner.current)
+
+    def describe(self) -> str:
+        return f"{self.tuner.current} {'slices' if self.sliced else 'threads'}"
+
+    def steps(self, index_batches: list[np.ndarray]) -> Iterator[tuple[np.ndarray, float]]:
+        """One optimizer step per index batch; yields (indices, mean loss) after each."""
+        if self.sliced:
+            for idx in index_batches:
+                yield idx, self._finish(idx, self._sliced_grads(idx))
+            return
+        for idx, b in batches(self.ss, index_batches, self.vocab, self.cfg, self.device,
+                              lambda: self.tuner.current < self.quota):
+            loss = batch_loss(self.net, b)
+            self.opt.zero_grad(set_to_none=True)
+            if torch.isfinite(loss):
+                loss.backward()
+            yield idx, self._finish(idx, loss.detach())
+            if torch.get_num_threads() != self.tuner.current:
+                torch.set_num_threads(self.tuner.current)
+
+    def _slice(self, idx: np.ndarray, n_total: int) -> tuple[torch.Tensor, tuple]:
+        loss = batch_loss(self.net, make_batch(self.ss, idx, self.vocab, self.cfg))
+        if not torch.isfinite(loss):
+            return loss.detach(), ()
+        return loss.detach(), torch.autograd.grad(loss * (len(idx) / n_total), self.params, allow_unused=True)
+
+    def _sliced_grads(self, idx: np.ndarray) -> torch.Tensor:
+        """Set every parameter's ``grad`` to the gradient of the batch's mean loss; returns that loss."""
+        assert self.pool is not None
+        parts = [p for p in np.array_split(idx, self.tuner.current) if len(p)]
+        out = [f.result() for f in [self.pool.submit(self._slice, p, len(idx)) for p in parts]]
+        loss = sum((lo * len(p) for (lo, _), p in zip(out, parts)), torch.zeros(())) / len(idx)
+        if torch.isfinite(loss):
+            for j, prm in enumerate(self.params):
+                gs = [g[j] for _, g in out if g[j] is not None]
+                prm.grad = functools.reduce(torch.add, gs) if gs else None
+        return loss
+
+    def _finish(self, idx: np.ndarray, loss: torch.Tensor) -> float:
+        if not torch.isfinite(loss):
+            raise ValueError(f"non-finite training loss: NaN/inf in the features of samples {idx[:5].tolist()}... "
+                             f"(check the i2i scores and times)")
+        self.opt.step()
+        self.tuner.tick(len(idx))
+        return float(loss)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
 
 
 def _evaluate(model: PRSModel, ss: SampleSet, idx: np.ndarray, vocab: Vocab, cfg: Config,
@@ -315,7 +408,7 @@ def _train_loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from pi2i.prs.launch import report_epoch, set_threads
+    from pi2i.prs.launch import keep_freed_memory, set_threads
 
     cfg = Config.model_validate(config["cfg"])
     tc = cfg.train
@@ -323,7 +416,7 @@ def _train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.manual_seed(tc.seed)
     quota = set_threads(tc.torch_threads or None)
-    tuner = ThreadTuner(quota, tc.torch_threads)
+    keep_freed_memory()
     ss = SampleSet(config["samples_uri"])
     vocab = Vocab.from_table(read_parquet(config["vocab_uri"]), ss.info)
     train_idx, val_idx = split_samples(ss, tc.val_fraction, tc.seed)
@@ -339,6 +432,19 @@ def _train_loop(config: dict) -> None:
     net = ray.train.torch.prepare_model(model) if world > 1 else model
     opt = torch.optim.Adam(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     my_val = val_idx[rank::world]
+    runner = StepRunner(net, opt, ss, vocab, cfg, device, quota, world)
+    try:
+        _epochs(config, cfg, model, runner, train_idx, my_val, vocab, device, rank, world)
+    finally:
+        runner.close()
+
+
+def _epochs(config: dict, cfg: Config, model: PRSModel, runner: StepRunner, train_idx: np.ndarray,
+            my_val: np.ndarray, vocab: Vocab, device: torch.device, rank: int, world: int) -> None:
+    from pi2i.prs.launch import report_epoch
+
+    tc = cfg.train
+    ss = runner.ss
     best, bad, history = float("inf"), 0, []
     best_state: dict = {}
     for epoch in range(tc.epochs):
@@ -353,22 +459,12 @@ def _train_loop(config: dict) -> None:
         tot_loss, seen = 0.0, 0
         idx_batches = [np.sort(mine[bi * tc.batch_size:(bi + 1) * tc.batch_size]) for bi in range(n_batches)]
         idx_batches = [i for i in idx_batches if len(i)]
-        for bi, (idx, b) in enumerate(batches(ss, idx_batches, vocab, cfg, device, tuner.prefetch)):
-            logits = net(b)
-            loss = softmax_loss(logits - b["logq"] if "logq" in b else logits)
-            if not torch.isfinite(loss):
-                raise ValueError(f"non-finite training loss at epoch {epoch + 1} batch {bi + 1}: NaN/inf in the "
-                                 f"features of samples {idx[:5].tolist()}... (check the i2i scores and times)")
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            tuner.tick(len(idx))
-            tot_loss += loss.item() * len(idx)
+        for bi, (idx, loss) in enumerate(runner.steps(idx_batches)):
+            tot_loss += loss * len(idx)
             seen += len(idx)
             if rank == 0 and config.get("progress") and (bi + 1) % max(1, n_batches // 5) == 0:
                 print(f"[train] epoch {epoch + 1} batch {bi + 1}/{n_batches} loss {tot_loss / seen:.4f} "
-                      f"({seen / (time.perf_counter() - t0):.0f} samples/s, {torch.get_num_threads()} threads)",
-                      flush=True)
+                      f"({seen / (time.perf_counter() - t0):.0f} samples/s, {runner.describe()})", flush=True)
         train_s = time.perf_counter() - t0
         ev = _evaluate(model, ss, my_val, vocab, cfg, device)
         tr = np.array([tot_loss, seen], dtype=np.float64)
