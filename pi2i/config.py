@@ -130,6 +130,9 @@ class EvalConfig(_Section):
     exclude_seen: Literal["all", "window", "none"] = Field(
         "all", description="items no method may recommend, also removed from the user's test set: all = every "
         "train click of the user; window = the last max(sampling.seq_len, serving.history_len) clicks; none")
+    pad_with_popular: bool = Field(True, description="pad every method's short list with popular items (not "
+                                   "seen, not already listed) up to K, as serving pads a short answer; false = "
+                                   "score each method on what it retrieves alone")
     tail_head_share: float = Field(0.8, gt=0, le=1, description="long tail for tail_hr: items outside the "
                                    "most clicked tail_head_share of the train catalog (0.8: the bottom 20%)")
     relevance_recent: int = Field(5, ge=1, description="relevance@K: a retrieved item is relevant when its "

@@ -248,13 +248,25 @@ def test_evaluate_end_to_end_tiny(tiny, tmp_path):
         assert vals == sorted(vals)  # HR@K is non-decreasing in K
     # the same model evaluated twice gives the same numbers (identical users, deterministic scorer)
     assert m["methods"]["again"]["hr"] == pytest.approx(m["methods"]["pi2i"]["hr"])
-    # PI2I ranks within the pool (no popularity padding): the pool ceiling bounds it and the pool's ranking
-    pool = m["methods"]["pool"]
-    assert len(set(pool["hr"].values())) == 1
+    # without popularity padding PI2I ranks within the pool: the pool ceiling bounds it and the pool's ranking;
+    # padding (the default, what serving answers) only adds hits past the end of a short list
+    cfg_raw = tmp_path / "raw.yaml"
+    cfg_raw.write_text(Path(p["cfg"]).read_text() + "eval: {pad_with_popular: false}\n")
+    res = _cli("--train", p["train"], "--test", p["test"], "--i2i", p["i2i"], "--model", p["model"],
+               "--out", str(tmp_path / "raw"), "--config", str(cfg_raw), "--methods", "popularity,swing,pool,pi2i")
+    assert res.exit_code == 0, res.output
+    raw = json.loads((tmp_path / "raw" / "metrics.json").read_text())["methods"]
+    pool = raw["pool"]
+    assert len(set(pool["hr"].values())) == 1 and pool["hr"] == m["methods"]["pool"]["hr"]
     for k in ks:
-        assert m["methods"]["pi2i"]["hr"][k] <= pool["hr"][k] + 1e-9
+        assert raw["pi2i"]["hr"][k] <= pool["hr"][k] + 1e-9
         assert pool["ranked_hr"][k] <= pool["hr"][k] + 1e-9
-        assert m["methods"]["swing"]["hr"][k] <= pool["hr"][k] + 1e-9
+        assert raw["swing"]["hr"][k] <= pool["hr"][k] + 1e-9
+        assert raw["popularity"]["hr"][k] == m["methods"]["popularity"]["hr"][k]  # never short: nothing to pad
+        for name in ("swing", "pi2i"):
+            assert m["methods"][name]["hr"][k] >= raw[name]["hr"][k] - 1e-12
+    short = [k for k in ks if raw["swing"]["mean_list_len"] < int(k)]
+    assert short and any(m["methods"]["swing"]["hr"][k] > raw["swing"]["hr"][k] for k in short)
     g = m["gate"]
     assert g["k"] in m["ks"] and g["candidate"] == "pi2i" and isinstance(g["passed"], bool) and g["reason"]
     assert g["live"] is None and g["within_live_tolerance"] is None
@@ -317,8 +329,7 @@ class Dummy(Retriever):
 
     def recommend(self, batch: Histories, k: int, *, exclude_seen: bool = True,
                   explain: bool = False) -> Recommendations:
-        items = np.full((len(batch), k), PAD, np.int64)
-        items[:, 0] = np.arange(len(batch)) + 10**9  # never a real item: HR 0
+        items = 10**9 + np.arange(len(batch) * k, dtype=np.int64).reshape(len(batch), k)  # never real: HR 0
         return Recommendations(items, np.zeros((len(batch), k), np.float32))
 
     def save(self, out_dir: str) -> None: ...
@@ -336,7 +347,7 @@ def test_registered_method_runs_through_evaluate(tiny, tmp_path, monkeypatch):
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
     assert set(m["methods"]) == {"popularity", "swing", "dummy"} and Dummy.fitted_with
     assert all(v == 0.0 for v in m["methods"]["dummy"]["hr"].values())
-    assert m["methods"]["dummy"]["mean_list_len"] == 1.0
+    assert m["methods"]["dummy"]["mean_list_len"] == max(m["ks"])  # full lists: nothing padded
     assert m["gate"]["passed"] is False and "no pi2i HR" in m["gate"]["reason"]
 
 

@@ -30,7 +30,10 @@ Protocol (paper §3.1 Eq. 5, §4.2; DESIGN.md "Evaluation gate"):
   the top-K in a category of the user's last ``eval.relevance_recent`` distinct items) and category coverage.
   A set-valued method (``pool``) reports its candidate pool's HR as ``hr@K`` at every K (the ceiling of any
   re-ranking of it) and its ranking as ``ranked_hr@K``; any other method that exposes its pool gets
-  ``pool_hr``. No list is padded with popular items: each method is scored on what it retrieves.
+  ``pool_hr``. **Padding** (``eval.pad_with_popular``, default on): a list shorter than K is completed with the
+  most clicked train items the user has not seen and the list does not hold — what serving answers — so a
+  method is never scored below popularity at large K only for running out of pool; ``ranked_hr``/``pool_hr`` and
+  the set HR of ``pool`` are unaffected. Off: each method is scored on what it retrieves alone.
 * **K ladder**: ``eval.ks`` capped at the train catalog size (:func:`pi2i.evaluation.metrics.k_ladder`).
 
 Writes ``metrics.json`` (``{"methods": {name: {"hr": {"K": v}, ...}}, "gate": {..., "live": {"hr": ...}}}``),
@@ -64,7 +67,15 @@ from pi2i.contracts import (
     read_parquet,
     write_json,
 )
-from pi2i.data.events import CSR, clicks, item_popularity, last_distinct, recent_histories, rows_of
+from pi2i.data.events import (
+    CSR,
+    clicks,
+    fill_rows_with_popular,
+    item_popularity,
+    last_distinct,
+    recent_histories,
+    rows_of,
+)
 from pi2i.evaluation.metrics import MetricAccumulator, csr_from_pairs, k_ladder
 from pi2i.ibs.i2i import I2IIndex
 from pi2i.methods import get_method, load_method, read_manifest
@@ -283,10 +294,13 @@ class MethodRun:
 
 
 def run_methods(methods: dict[str, Retriever], users: EvalUsers, ks: list[int], cfg: Config,
-                categories: tuple[np.ndarray, np.ndarray] | None) -> dict[str, MethodRun]:
-    """Every method on every chunk of users, scored by the same accumulator; no method is special."""
+                categories: tuple[np.ndarray, np.ndarray] | None, popular: np.ndarray | None = None
+                ) -> dict[str, MethodRun]:
+    """Every method on every chunk of users, scored by the same accumulator; no method is special. With
+    ``popular`` (most clicked first) and ``eval.pad_with_popular`` short lists are padded as serving pads them."""
     kmax = max(ks) if ks else 1
     exclude = cfg.eval.exclude_seen != "none"
+    pad = popular if cfg.eval.pad_with_popular and popular is not None and len(popular) else None
     runs = {name: MethodRun(r, MetricAccumulator(ks, categories)) for name, r in methods.items()}
     n = len(users)
     for a in range(0, n, cfg.eval.chunk_users):
@@ -297,11 +311,14 @@ def run_methods(methods: dict[str, Retriever], users: EvalUsers, ks: list[int], 
             t0 = time.perf_counter()
             rec = run.retriever.recommend(u.history, kmax, exclude_seen=exclude)
             items = rec.items[:, :kmax]
+            run.list_len += int((items >= 0).sum())
+            if pad is not None and not run.retriever.set_valued and (items < 0).any():
+                items = fill_rows_with_popular(items, pad, kmax, (u.history.indptr, u.history.items)
+                                               if exclude else None)
             run.acc.add(items, u.test[0], u.test[1], u.tail, u.recent)
             in_pool = run.retriever.pool_contains(u.history, q_rows, u.test[1], exclude_seen=exclude)
             if in_pool is not None:
                 run.acc.add_set(in_pool, u.test[0], u.tail)
-            run.list_len += int((items >= 0).sum())
             if rec.num_candidates is not None:
                 run.has_candidates = True
                 run.candidates += int(np.sum(rec.num_candidates))
@@ -357,8 +374,8 @@ def segment_results(runs: dict[str, MethodRun], segments: np.ndarray, ks: list[i
 
 
 # ------------------------------------------------------------------------------------------- 4. live version
-def score_live(registry: str, inputs: EvalInputs, users: EvalUsers, ks: list[int], cfg: Config
-               ) -> tuple[dict[str, Any], MethodRun | None]:
+def score_live(registry: str, inputs: EvalInputs, users: EvalUsers, ks: list[int], cfg: Config,
+               popular: np.ndarray | None = None) -> tuple[dict[str, Any], MethodRun | None]:
     """The registry's live version re-scored on the same test users: ``({"version", "method", "hr": ...}, run)``.
 
     No live version: ``({"version": None}, None)``. A live version that cannot be loaded by this code (another
@@ -378,7 +395,7 @@ def score_live(registry: str, inputs: EvalInputs, users: EvalUsers, ks: list[int
     except (ValueError, OSError) as e:  # MethodError, ContractError, FileNotFoundError
         log.warning("live version %s not re-scored: %s", version, e)
         return {"version": version, "error": str(e)}, None
-    run = run_methods({"live": retriever}, users, ks, cfg, None)["live"]
+    run = run_methods({"live": retriever}, users, ks, cfg, None, popular)["live"]
     res = run.result(len(users))
     return {"version": version, "method": method, "users": len(users), "hr": res["hr"],
             "seconds": res["seconds"]}, run
@@ -444,12 +461,12 @@ def evaluate(train_dir: str, test_dir: str, i2i_uri: str, model_dirs: str | Sequ
     retrievers = build_methods(methods, dirs, inputs, cfg, ablations)
     log.info("evaluating %s on %d users at K=%s", list(retrievers), len(users), ks)
     categories = inputs.categories()
-    runs = run_methods(retrievers, users, ks, cfg, categories)
+    runs = run_methods(retrievers, users, ks, cfg, categories, popular)
     results = {name: run.result(len(users)) for name, run in runs.items()}
     segments = recency_segments(users.history, categories, cfg.sampling.seq_len)
 
     gate_k = gate_mod.pick_k(ks, cfg.eval.gate_k)
-    live, live_run = score_live(registry, inputs, users, ks, cfg) if registry else (None, None)
+    live, live_run = score_live(registry, inputs, users, ks, cfg, popular) if registry else (None, None)
     per_user = {name: run.per_user_hr(gate_k) for name, run in runs.items()} if gate_k else {}
     if live_run is not None and gate_k:
         per_user[gate_mod.LIVE] = live_run.per_user_hr(gate_k)
