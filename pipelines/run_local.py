@@ -36,7 +36,7 @@ def default_feature_repo() -> str:
 
 #: Component output lines echoed to the terminal (progress); everything else (the KFP executor's input/output
 #: JSON dumps, library logs) goes only to the run's log file.
-PROGRESS = re.compile(r"Executing task|finished with status|^\s*\[(train|evaluate|swing|samples|split|ingest|augment|"
+PROGRESS = re.compile(r"Executing task|finished with status|^\s*\[(train|pdn|mtmh|evaluate|swing|samples|split|ingest|augment|"
                       r"publish|deploy|features|pipeline)[^\]]*\]|^\s*gate: |^\s*samples: \d|evaluating \[|"
                       r"Traceback|Error: ")
 

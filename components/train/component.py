@@ -30,12 +30,12 @@ def train(samples: Input[Dataset], config: dict, gpus: int, accelerator: str, co
             from pi2i.methods import get_method
             from pi2i.methods.base import TrainInputs
 
-            fitted = get_method(method).fit(TrainInputs(samples_dir=samples.path, extra={"progress": False}), cfg)
+            fitted = get_method(method).fit(TrainInputs(samples_dir=samples.path, extra={"progress": True}), cfg)
             fitted.save(model.path)
             return getattr(fitted, "metrics", {})
         from pi2i.prs.train import train as do_train
 
-        return do_train(samples.path, model.path, cfg, progress=False)
+        return do_train(samples.path, model.path, cfg, progress=True)  # epoch lines reach the terminal
 
     result = run_ray_step(
         "train", compute, local,
