@@ -447,6 +447,13 @@ def test_scorer_recommends_with_explanations(trained):
     many = sc.recommend_many(hist[:50], k=20)
     assert np.array_equal(many[0].items, r.items) and np.allclose(many[0].scores, r.scores, atol=1e-5)
     assert many[0].num_candidates == r.num_candidates
+    # many small chunks, scored at once on worker threads: the same answers as one user at a time
+    small = Scorer.load(model_dir, index)
+    small.cells = 64
+    for (hi, ht), rec in zip(hist[:12], small.recommend_many(hist[:12], k=20)):
+        one = sc.recommend(hi, ht, k=20, exclude=hi)
+        assert np.array_equal(rec.items, one.items) and np.allclose(rec.scores, one.scores, atol=1e-5)
+        assert [t.tolist() for t in rec.triggers] == [t.tolist() for t in one.triggers]
     cold = sc.recommend(np.empty(0, np.int64), np.empty(0, np.int64), k=10)
     assert len(cold.items) == 0 and cold.num_candidates == 0 and len(sc.popularity) > 0
     # fill_popular: a list shorter than k continues with the most popular unseen items, below every pool item

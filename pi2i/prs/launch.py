@@ -85,6 +85,27 @@ def set_threads(n: int | None = None) -> int:
     return n
 
 
+def single_thread_worker() -> None:
+    """Initializer of a worker thread that is itself the parallelism: one torch and one numba thread (both are
+    per-thread settings)."""
+    import numba
+    import torch
+
+    torch.set_num_threads(1)
+    numba.set_num_threads(1)
+
+
+def numba_threadsafe() -> bool:
+    """Whether numba's threading layer accepts parallel kernels launched from several threads at once (omp, tbb;
+    not workqueue). False until a parallel kernel has run in this process."""
+    import numba
+
+    try:
+        return numba.threading_layer() in ("omp", "tbb")
+    except ValueError:
+        return False
+
+
 def keep_freed_memory() -> None:
     """Let glibc's malloc keep freed memory for reuse instead of unmapping it (no-op elsewhere).
 

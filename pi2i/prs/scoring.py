@@ -5,7 +5,8 @@ history → triggers (last L distinct clicks) → candidates = union of the trig
 item with the triggers whose row retrieved it (the explanation).
 
 :meth:`Scorer.recommend_many` scores many users at once: users are sorted by pool size and packed into chunks of
-at most ``cells`` padded candidate slots, so one forward pass handles many small pools or one large pool.
+at most ``cells`` padded candidate slots, so one forward pass handles many small pools or one large pool; the
+chunks are scored at once on one thread per core of the CPU quota.
 The scorer never pads a short result: callers fall back to :attr:`Scorer.popularity` (``source=fallback``),
 see :func:`pad_with_popularity`.
 """
@@ -183,31 +184,56 @@ class Scorer:
         out: list[Recommendation] = [_empty()] * G
         order = np.argsort(-n, kind="stable")
         order = order[n[order] > 0]
-        s = 0
+        chunks, s = [], 0
         while s < len(order):  # chunks of users with similar pool sizes, at most `cells` padded slots
-            width = int(n[order[s]])
-            e = s + max(1, self.cells // max(width, 1))
-            chunk = order[s:e]
+            e = s + max(1, self.cells // max(int(n[order[s]]), 1))
+            chunks.append(order[s:e])
             s = e
-            g = Groups(*(getattr(groups, f)[chunk] for f in Groups.__dataclass_fields__))
-            c = cands[chunk, :width]
-            logits = self.score_candidates(g, c)
-            kk = min(k, width)
-            top = np.argpartition(-logits, kk - 1, axis=1)[:, :kk] if kk < width else np.tile(np.arange(width), (len(chunk), 1))
-            tl = np.take_along_axis(logits, top, 1)
-            o = np.argsort(-tl, axis=1, kind="stable")
-            top, tl = np.take_along_axis(top, o, 1), np.take_along_axis(tl, o, 1)
-            items = np.take_along_axis(c, top, 1)
-            # explanation: every trigger whose row holds the item (same kernel as the features, H = L)
-            slots = featurize(g, items, self.lookup, self.info, self.num_triggers).hit_slot
-            for j, u in enumerate(chunk):
-                m = int(min(kk, n[u]))
-                valid = np.isfinite(tl[j, :m])
-                m = int(valid.sum())
-                trig = g.triggers[j]
-                out[u] = Recommendation(items[j, :m].astype(np.int64), tl[j, :m].astype(np.float32),
-                                        [trig[sl[sl >= 0]] for sl in slots[j, :m]], int(n[u]))
+        for chunk, recs in zip(chunks, _map_chunks(lambda c: self._score_chunk(groups, cands, n, c, k), chunks)):
+            for u, rec in zip(chunk, recs):
+                out[u] = rec
         return out
+
+    def _score_chunk(self, groups: Groups, cands: np.ndarray, n: np.ndarray, chunk: np.ndarray,
+                     k: int) -> list[Recommendation]:
+        """Top-``k`` of the users ``chunk`` (rows of ``groups``/``cands``, pools sorted largest first)."""
+        width = int(n[chunk[0]])
+        g = Groups(*(getattr(groups, f)[chunk] for f in Groups.__dataclass_fields__))
+        c = cands[chunk, :width]
+        logits = self.score_candidates(g, c)
+        kk = min(k, width)
+        top = np.argpartition(-logits, kk - 1, axis=1)[:, :kk] if kk < width else np.tile(np.arange(width), (len(chunk), 1))
+        tl = np.take_along_axis(logits, top, 1)
+        o = np.argsort(-tl, axis=1, kind="stable")
+        top, tl = np.take_along_axis(top, o, 1), np.take_along_axis(tl, o, 1)
+        items = np.take_along_axis(c, top, 1)
+        # explanation: every trigger whose row holds the item (same kernel as the features, H = L)
+        slots = featurize(g, items, self.lookup, self.info, self.num_triggers).hit_slot
+        recs = []
+        for j, u in enumerate(chunk):
+            m = int(min(kk, n[u]))
+            valid = np.isfinite(tl[j, :m])
+            m = int(valid.sum())
+            trig = g.triggers[j]
+            recs.append(Recommendation(items[j, :m].astype(np.int64), tl[j, :m].astype(np.float32),
+                                       [trig[sl[sl >= 0]] for sl in slots[j, :m]], int(n[u])))
+        return recs
+
+
+def _map_chunks(fn, chunks: list) -> list:
+    """``[fn(c) for c in chunks]``, with several chunks scored at once on one thread per core of the CPU quota
+    (one torch and one numba thread each) when there are several: as in training (``StepRunner``), independent
+    slices use two cores far better than one intra-op pool spread over a forward pass of small kernels. A single
+    chunk (a serving request) runs on the calling thread."""
+    from pi2i.prs.launch import cpu_quota, numba_threadsafe, single_thread_worker
+
+    workers = min(len(chunks), cpu_quota())
+    if workers < 2 or not numba_threadsafe():
+        return [fn(c) for c in chunks]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers, thread_name_prefix="pi2i-score", initializer=single_thread_worker) as pool:
+        return list(pool.map(fn, chunks))
 
 
 def pad_with_popularity(rec: Recommendation, popularity: np.ndarray, k: int,

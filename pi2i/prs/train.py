@@ -47,6 +47,7 @@ from pi2i.contracts import (
 from pi2i.prs.candidates import CROSS_FEATURES, Groups, RowLookup
 from pi2i.prs.io import copy_file, read_bytes
 from pi2i.prs.io import uri as _uri
+from pi2i.prs.launch import numba_threadsafe, single_thread_worker
 from pi2i.prs.model import PRSModel, Vocab, positive_rank, softmax_loss, to_tensors
 from pi2i.prs.sampling import HISTORIES_FILE, I2I_FILE, POPULARITY_FILE, SampleSet
 
@@ -204,14 +205,6 @@ def _features(ss: SampleSet, idx: np.ndarray, cfg: Config, with_logq: bool = Fal
                        with_logq=with_logq)
 
 
-def _one_thread() -> None:
-    """Initializer of a worker thread: one torch and one numba thread (per-thread settings in both)."""
-    import numba
-
-    torch.set_num_threads(1)
-    numba.set_num_threads(1)
-
-
 def make_batch(ss: SampleSet, idx: np.ndarray, vocab: Vocab, cfg: Config,
                device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """Model inputs of training samples ``idx`` (with ``logq`` when the logQ correction is on)."""
@@ -237,7 +230,7 @@ def batches(ss: SampleSet, index_batches: list[np.ndarray], vocab: Vocab, cfg: C
     pass); otherwise it is built inline, with this thread's numba pool (all of the quota)."""
     if not index_batches:
         return
-    with ThreadPoolExecutor(1, thread_name_prefix="pi2i-batches", initializer=_one_thread) as pool:
+    with ThreadPoolExecutor(1, thread_name_prefix="pi2i-batches", initializer=single_thread_worker) as pool:
         fut = None
         for i, idx in enumerate(index_batches):
             b = fut.result() if fut is not None else make_batch(ss, idx, vocab, cfg, device)
@@ -286,16 +279,6 @@ class Tuner:
                                    key=lambda n: float(np.median(self.times[n][-self.trial:] or [np.inf])))
 
 
-def _numba_threadsafe() -> bool:
-    """Whether numba's threading layer accepts parallel kernels launched from several threads at once."""
-    import numba
-
-    try:
-        return numba.threading_layer() in ("omp", "tbb")
-    except ValueError:  # no parallel kernel has run yet in this process
-        return False
-
-
 class StepRunner:
     """The optimizer steps of one training worker: how a batch becomes a step on this worker's CPU quota.
 
@@ -317,13 +300,13 @@ class StepRunner:
         self.net, self.opt, self.ss, self.vocab, self.cfg, self.device, self.quota = (
             net, opt, ss, vocab, cfg, device, quota)
         self.sliced = (tc.shards != 1 and not tc.torch_threads and world == 1 and device.type == "cpu"
-                       and cfg.model.dropout == 0 and cfg.model.trigger_feature != "random" and _numba_threadsafe())
+                       and cfg.model.dropout == 0 and cfg.model.trigger_feature != "random" and numba_threadsafe())
         self.params = [p for p in net.parameters() if p.requires_grad]
         self.pool: ThreadPoolExecutor | None = None
         if self.sliced:
             self.tuner = Tuner([tc.shards] if tc.shards else [quota, quota + 1, 2 * quota])
             self.pool = ThreadPoolExecutor(max(self.tuner.options), thread_name_prefix="pi2i-slice",
-                                           initializer=_one_thread)
+                                           initializer=single_thread_worker)
         else:
             self.tuner = Tuner([tc.torch_threads] if tc.torch_threads else [max(1, quota - 1), quota])
             torch.set_num_threads(self.tuner.current)
