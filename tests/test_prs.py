@@ -447,6 +447,8 @@ def test_scorer_recommends_with_explanations(trained):
     many = sc.recommend_many(hist[:50], k=20)
     assert np.array_equal(many[0].items, r.items) and np.allclose(many[0].scores, r.scores, atol=1e-5)
     assert many[0].num_candidates == r.num_candidates
+    for plain, full in zip(sc.recommend_many(hist[:5], k=20, explain=False), many[:5]):  # same list, no "why"
+        assert np.array_equal(plain.items, full.items) and plain.triggers == [] and len(full.triggers) > 0
     # many small chunks, scored at once on worker threads: the same answers as one user at a time
     small = Scorer.load(model_dir, index)
     small.cells = 64

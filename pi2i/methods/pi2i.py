@@ -44,7 +44,7 @@ class PI2I(Retriever):
         # no popularity padding here: PI2I is measured on the pool it ranks (the pool's HR bounds it, the gate
         # compares rankings); serving pads a short answer with popularity itself (pad_with_popularity)
         recs = self.scorer.recommend_many([batch.row(r) for r in range(len(batch))], k, exclude_seen=exclude_seen,
-                                          fill_popular=False)
+                                          fill_popular=False, explain=explain)
         items = np.full((len(recs), k), PAD, np.int64)
         scores = np.full((len(recs), k), -np.inf, np.float32)
         for r, rec in enumerate(recs):

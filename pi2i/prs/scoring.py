@@ -38,7 +38,7 @@ from pi2i.prs.sampling import POPULARITY_FILE
 class Recommendation:
     items: np.ndarray  # int64, best first
     scores: np.ndarray  # float32
-    triggers: list[np.ndarray]  # per item: the trigger item ids whose i2i row retrieved it (the explanation)
+    triggers: list[np.ndarray]  # per item: the trigger ids whose i2i row retrieved it; [] when not explained
     num_candidates: int
 
 
@@ -117,13 +117,15 @@ class Scorer:
         return self._score([(history_items, history_ts)], k, ex)[0]
 
     def recommend_many(self, histories: list[tuple[np.ndarray, np.ndarray]], k: int,
-                       exclude_seen: bool = True, fill_popular: bool = False) -> list[Recommendation]:
+                       exclude_seen: bool = True, fill_popular: bool = False,
+                       explain: bool = True) -> list[Recommendation]:
         """Batched :meth:`recommend` for many users (evaluation); ``exclude_seen`` drops each user's history.
         ``fill_popular`` continues a list shorter than ``k`` (a small pool) with the most popular remaining
         items, scored below every pool item (their ``triggers`` are empty; ``num_candidates`` stays the pool
-        size), so PI2I's list at large K is never shorter than popularity's."""
+        size), so PI2I's list at large K is never shorter than popularity's. ``explain=False`` leaves
+        ``triggers`` empty (at K in the thousands, listing each item's triggers costs as much as scoring)."""
         ex = [np.asarray(h[0], np.int64) for h in histories] if exclude_seen else None
-        recs = self._score(histories, k, ex)
+        recs = self._score(histories, k, ex, explain)
         if fill_popular:
             recs = [self._fill(r, k, None if ex is None else ex[i]) for i, r in enumerate(recs)]
         return recs
@@ -138,8 +140,8 @@ class Scorer:
         low = float(rec.scores.min()) if len(rec.scores) else 0.0
         scores = np.concatenate([rec.scores, (low - 1.0 - np.arange(extra) * 1e-3).astype(np.float32)])
         empty = np.empty(0, np.int64)
-        return Recommendation(items, scores.astype(np.float32), list(rec.triggers) + [empty] * extra,
-                              rec.num_candidates)
+        why = list(rec.triggers) + [empty] * extra if len(rec.triggers) == len(rec.items) else []
+        return Recommendation(items, scores.astype(np.float32), why, rec.num_candidates)
 
     # ----------------------------------------------------------------------------------------- internals
     def groups(self, histories: list[tuple[np.ndarray, np.ndarray]]) -> Groups:
@@ -174,7 +176,8 @@ class Scorer:
         prior = np.log((n_c + 1.0) / (n + 1.0))
         return logits + (self.stability * np.where(cat_c >= 0, prior, 0.0)).astype(logits.dtype)
 
-    def _score(self, histories, k: int, excludes: list[np.ndarray] | None) -> list[Recommendation]:
+    def _score(self, histories, k: int, excludes: list[np.ndarray] | None,
+               explain: bool = True) -> list[Recommendation]:
         G = len(histories)
         if G == 0:
             return []
@@ -189,13 +192,14 @@ class Scorer:
             e = s + max(1, self.cells // max(int(n[order[s]]), 1))
             chunks.append(order[s:e])
             s = e
-        for chunk, recs in zip(chunks, _map_chunks(lambda c: self._score_chunk(groups, cands, n, c, k), chunks)):
+        for chunk, recs in zip(chunks, _map_chunks(lambda c: self._score_chunk(groups, cands, n, c, k, explain),
+                                                   chunks)):
             for u, rec in zip(chunk, recs):
                 out[u] = rec
         return out
 
     def _score_chunk(self, groups: Groups, cands: np.ndarray, n: np.ndarray, chunk: np.ndarray,
-                     k: int) -> list[Recommendation]:
+                     k: int, explain: bool) -> list[Recommendation]:
         """Top-``k`` of the users ``chunk`` (rows of ``groups``/``cands``, pools sorted largest first)."""
         width = int(n[chunk[0]])
         g = Groups(*(getattr(groups, f)[chunk] for f in Groups.__dataclass_fields__))
@@ -208,15 +212,13 @@ class Scorer:
         top, tl = np.take_along_axis(top, o, 1), np.take_along_axis(tl, o, 1)
         items = np.take_along_axis(c, top, 1)
         # explanation: every trigger whose row holds the item (same kernel as the features, H = L)
-        slots = featurize(g, items, self.lookup, self.info, self.num_triggers).hit_slot
+        slots = featurize(g, items, self.lookup, self.info, self.num_triggers).hit_slot if explain else None
         recs = []
         for j, u in enumerate(chunk):
-            m = int(min(kk, n[u]))
-            valid = np.isfinite(tl[j, :m])
-            m = int(valid.sum())
+            m = int(np.isfinite(tl[j, :min(kk, n[u])]).sum())
             trig = g.triggers[j]
-            recs.append(Recommendation(items[j, :m].astype(np.int64), tl[j, :m].astype(np.float32),
-                                       [trig[sl[sl >= 0]] for sl in slots[j, :m]], int(n[u])))
+            why = [trig[sl[sl >= 0]] for sl in slots[j, :m]] if slots is not None else []
+            recs.append(Recommendation(items[j, :m].astype(np.int64), tl[j, :m].astype(np.float32), why, int(n[u])))
         return recs
 
 

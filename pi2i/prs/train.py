@@ -289,8 +289,10 @@ class StepRunner:
     only the CPU share they are denied. Each slice's gradient comes back from ``torch.autograd.grad`` weighted by
     its share of the batch and the slices are summed in order: the step is the full-batch step, reproducibly.
     ``n`` is the quota, one more or twice it (under contention the scheduler shares the cores per thread, so more
-    slices win back CPU share; on a quiet node they only add switching), chosen by :class:`Tuner`. **Whole** (GPU, DDP workers, ``train.shards = 1``, pinned ``train.torch_threads``, or layers that
-    draw from torch's global generator — dropout, the random trigger ablation — which racing threads would make
+    slices win back CPU share; on a quiet node they only add switching), chosen by :class:`Tuner`.
+
+    **Whole** (GPU, DDP workers, ``train.shards = 1``, pinned ``train.torch_threads``, or layers that draw from
+    torch's global generator — dropout, the random trigger ablation — which racing threads would make
     irreproducible): the batch goes through one intra-op pool, the next one built on a background thread when
     the tuner leaves a core for it."""
 
