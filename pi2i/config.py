@@ -106,9 +106,11 @@ class TrainConfig(_Section):
     storage_path: str | None = Field(None, description="Ray Train checkpoints/results; None = a temp dir")
     max_batches_per_epoch: int = Field(
         200, ge=0, description="cap on batches per epoch (CPU-sized default); 0 = the whole set (use on a GPU cluster)")
-    shards: int = Field(0, ge=0, description="CPU: slices of each batch computed at once on that many threads "
-                        "(one torch thread each); 0 = the CPU quota, one more or twice it, chosen from measured step times; "
-                        "1 = off (one intra-op pool per batch)")
+    shards: int = Field(0, ge=0, description="CPU: slices each batch is cut into, each computed on one thread "
+                        "with one torch thread, gradients summed in slice order, so results never depend on how "
+                        "many threads run them; 0 = the CPU quota; more slices than cores run on the quota's "
+                        "threads or one thread each, chosen from measured step times (helps under contention); "
+                        "1 = one intra-op pool per batch")
     torch_threads: int = Field(0, ge=0, description="intra-op threads per worker; 0 = chosen from measured step "
                                                     "times within the CPU quota")
     logq_correction: bool = Field(True, description="sampled softmax with logQ correction: subtract each "

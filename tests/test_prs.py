@@ -351,8 +351,8 @@ def test_loss_falls(tiny):
 
 def test_sliced_steps_equal_whole_batch_steps_and_reproduce(tiny):
     """A batch cut into slices on worker threads takes the same optimizer step as the whole batch at once (up to
-    float rounding), and the same slicing gives bit-identical weights run after run."""
-    from pi2i.prs.train import StepRunner
+    float rounding), and the numbers depend on the slice count only: one thread or one per slice, bit-identical."""
+    from pi2i.prs.train import StepRunner, Tuner
 
     cfg, _data, _i2i, samples = tiny
     ss = SampleSet(samples)
@@ -361,15 +361,17 @@ def test_sliced_steps_equal_whole_batch_steps_and_reproduce(tiny):
     idx = [np.sort(rng.choice(len(ss), 96, replace=False)) for _ in range(4)]
     ss.features(idx[0], cfg.sampling.num_triggers, cfg.sampling.seq_len, 4)  # numba's threading layer starts
 
-    def run(shards: int) -> tuple[list[float], dict]:
+    def run(shards: int, threads: int | None = None) -> tuple[list[float], dict]:
         c = cfg.model_copy(deep=True)
         c.train.shards = shards
         torch.manual_seed(0)
         m = PRSModel(c.model, vocab.sizes, c.sampling.seq_len)
         opt = torch.optim.SGD(m.parameters(), lr=0.5)  # not Adam: it blows rounding up where a gradient is ~0
         runner = StepRunner(m, opt, ss, vocab, c, torch.device("cpu"), quota=2, world=1)
+        if threads:
+            runner.tuner = Tuner([threads])
         try:
-            assert runner.sliced == (shards != 1)
+            assert runner.sliced == (shards > 1)
             losses = [loss for _, loss in runner.steps(idx)]
         finally:
             runner.close()
@@ -377,8 +379,10 @@ def test_sliced_steps_equal_whole_batch_steps_and_reproduce(tiny):
 
     whole_loss, whole = run(1)
     three_loss, three = run(3)
-    again_loss, again = run(3)
-    assert three_loss == again_loss and all(torch.equal(three[k], again[k]) for k in three)
+    one_thread_loss, one_thread = run(3, threads=1)
+    three_threads_loss, three_threads = run(3, threads=3)
+    for other_loss, other in ((one_thread_loss, one_thread), (three_threads_loss, three_threads)):
+        assert other_loss == three_loss and all(torch.equal(three[k], other[k]) for k in three)
     np.testing.assert_allclose(three_loss, whole_loss, rtol=1e-5)
     for k in whole:
         assert torch.allclose(three[k], whole[k], rtol=1e-4, atol=1e-5), k
