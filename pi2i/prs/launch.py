@@ -111,7 +111,7 @@ def keep_freed_memory() -> None:
 
     A training step allocates and frees the same ~13 MB activation tensors over and over; above glibc's default
     mmap threshold each one is a fresh mapping whose pages fault in and are zeroed anew on every step (measured:
-    5-10% of the step time). Serving blocks up to 32 MB from the heap and trimming only above 256 MB free removes
+    5-10% of the step time). Allocating blocks up to 32 MB from the heap, trimming it only above 256 MB free, removes
     that cost."""
     import ctypes
     import ctypes.util
