@@ -227,6 +227,8 @@ def _map_chunks(fn, chunks: list) -> list:
     (one torch and one numba thread each) when there are several: as in training (``StepRunner``), independent
     slices use two cores far better than one intra-op pool spread over a forward pass of small kernels. A single
     chunk (a serving request) runs on the calling thread."""
+    if len(chunks) < 2:  # the serving path: no quota lookup, no pool
+        return [fn(c) for c in chunks]
     from pi2i.prs.launch import cpu_quota, numba_threadsafe, single_thread_worker
 
     workers = min(len(chunks), cpu_quota())
