@@ -212,7 +212,7 @@ def prepare_users(train: pa.Table, test: pa.Table, cfg: Config, popular: np.ndar
         "mean_test_items_per_user": float(len(t_items) / n) if n else 0.0,
         "mean_history_len": float(np.diff(h_ptr).mean()) if n else 0.0,
         "history_len": hist_len or "all", "num_triggers": cfg.sampling.num_triggers,
-        "exclude_seen": e.exclude_seen,
+        "exclude_seen": e.exclude_seen, "pad_with_popular": e.pad_with_popular,
     })
     return EvalUsers(users, (t_ptr, t_items), Histories(users, h_ptr, h_items, h_ts), recent, tail, summary)
 

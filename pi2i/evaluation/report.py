@@ -353,11 +353,13 @@ def _hr_section(metrics: dict) -> Section:
     png = plot_hr_curves(metrics) if metrics["ks"] else None
     gk = metrics.get("gate", {}).get("k") or (metrics["ks"][-1] if metrics["ks"] else None)
     rel = plot_relevance_vs_hr(metrics, gk) if gk else None
+    padded = metrics.get("data", {}).get("pad_with_popular")
     note = ("HR@K = mean over test users of |top-K ∩ items clicked after the cut| / |items clicked after the "
             "cut| (paper Eq. 5). Every method sees the same users, the same history and the same seen-item "
-            "exclusion. A dashed line is a set-valued method: the share of test clicks its whole candidate pool "
-            "holds — the ceiling of any re-ranking of that pool (no list is padded with popular items). K values "
-            "larger than the train catalog are dropped.")
+            "exclusion. " + ("A list shorter than K is padded with popular unseen items, as serving pads it. "
+                             if padded else "No list is padded with popular items. ") +
+            "A dashed line is a set-valued method: the share of test clicks its whole candidate pool holds — the "
+            "ceiling of any re-ranking of that pool. K values larger than the train catalog are dropped.")
     page = f"<h2>Hit rate at K</h2>{_img(png, 'HR@K curves')}{_img(rel, 'relevance vs HR')}<p class='note'>" \
            f"{html.escape(note)}</p>"
     return page, ""
@@ -433,7 +435,8 @@ def _training_section(metrics: dict) -> Section:
 DATA_KEYS = ["train_events", "test_events", "train_users", "train_items_clicked", "test_users", "test_pairs",
              "test_pairs_long_tail", "long_tail_items_share", "mean_test_items_per_user", "test_users_with_clicks",
              "test_users_without_train_clicks", "test_pairs_removed_as_seen", "test_users_dropped_all_seen",
-             "sampled_users", "mean_history_len", "num_triggers", "history_len", "exclude_seen", "i2i_triggers",
+             "sampled_users", "mean_history_len", "num_triggers", "history_len", "exclude_seen", "pad_with_popular",
+             "i2i_triggers",
              "i2i_pairs", "i2i_mean_row", "i2i_max_row"]
 
 

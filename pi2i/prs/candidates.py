@@ -49,7 +49,8 @@ _US_PER_HOUR = 3.6e9
 # --------------------------------------------------------------------------------------------- i2i lookups
 @dataclass(frozen=True)
 class RowLookup:
-    """The i2i index with every row also sorted by target id, for O(log T) "does row r hold item x" tests."""
+    """The i2i index with every row also sorted by target id: "does row r hold item x" by binary search, or for
+    many sorted candidates at once by a merge (the features kernel)."""
 
     index: I2IIndex
     s_targets: np.ndarray  # int64, per row sorted by target

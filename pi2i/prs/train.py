@@ -429,17 +429,17 @@ def _train_loop(config: dict) -> None:
     my_val = val_idx[rank::world]
     runner = StepRunner(net, opt, ss, vocab, cfg, device, quota, world)
     try:
-        _epochs(config, cfg, model, runner, train_idx, my_val, vocab, device, rank, world)
+        _epochs(config, cfg, model, runner, ss, train_idx, my_val, vocab, device, rank, world)
     finally:
         runner.close()
 
 
-def _epochs(config: dict, cfg: Config, model: PRSModel, runner: StepRunner, train_idx: np.ndarray,
+def _epochs(config: dict, cfg: Config, model: PRSModel, runner: StepRunner, ss: SampleSet, train_idx: np.ndarray,
             my_val: np.ndarray, vocab: Vocab, device: torch.device, rank: int, world: int) -> None:
+    """The epochs of one worker: steps, validation, best-weights checkpoint, early stopping."""
     from pi2i.prs.launch import report_epoch
 
     tc = cfg.train
-    ss = runner.ss
     best, bad, history = float("inf"), 0, []
     best_state: dict = {}
     for epoch in range(tc.epochs):
