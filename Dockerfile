@@ -14,7 +14,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HOME=/tmp \
     BENTOML_HOME=/tmp/bentoml \
     NUMBA_CACHE_DIR=/tmp/numba \
-    MPLCONFIGDIR=/tmp/matplotlib
+    MPLCONFIGDIR=/tmp/matplotlib \
+    OMP_WAIT_POLICY=PASSIVE
 
 # git: version names; curl: probes while debugging. No compilers needed (all wheels).
 RUN apt-get update \

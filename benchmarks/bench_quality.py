@@ -32,6 +32,7 @@ KS = (20, 50, 100, 200, 500)
 
 
 REUSE = False  # --reuse: skip a step whose output exists (re-print the table of a finished --work dir)
+TRAIN_CONFIG: list[str] = []  # --config F: passed to `pi2i train` (e.g. a model variant)
 
 
 def sh(*args: str) -> float | None:
@@ -59,7 +60,7 @@ def run(dataset: str, work: Path, movielens: str) -> dict:
     ev = f"{s}/train/events.parquet"
     secs["swing"] = sh("swing", "--events", ev, "--out", i)
     secs["samples"] = sh("samples", "--events", ev, "--i2i", i, "--out", sm)
-    secs["train"] = sh("train", "--samples", sm, "--out", m)
+    secs["train"] = sh("train", "--samples", sm, "--out", m, *TRAIN_CONFIG)
     secs["evaluate"] = sh("evaluate", "--train", f"{s}/train", "--test", f"{s}/test", "--i2i", i, "--model", m,
                           "--methods", METHODS if dataset != "taobao" else METHODS.replace(",ease", ""),
                           "--out", o)  # EASE refuses the Taobao head's 48.9k-item catalogue (dense n×n B)
@@ -86,9 +87,12 @@ def main() -> None:
     ap.add_argument("--baseline", default=None, help="results file of an earlier run to keep as 'before'")
     ap.add_argument("--baseline-note", default="", help="what the earlier run measured (code version)")
     ap.add_argument("--reuse", action="store_true", help="skip steps whose output exists in --work")
+    ap.add_argument("--config", default=None, help="YAML config for `pi2i train` (default: the built-in defaults)")
     a = ap.parse_args()
     global REUSE
     REUSE = a.reuse
+    if a.config:
+        TRAIN_CONFIG[:] = ["--config", a.config]
     work = Path(a.work or tempfile.mkdtemp(prefix="pi2i-quality-"))
     results = {"load_before": os.getloadavg()[0], "datasets": {}}
     for ds in a.datasets.split(","):

@@ -38,6 +38,7 @@ BEFORE_REV = "0016eb85ca6ca9ff215cf54281d51c19224a58f8"
 # --------------------------------------------------------------------------------------------- worker
 def worker(samples: str, batches: int, batch_size: int, variant: str) -> dict:
     """Time ``batches`` training steps with the trainer importable as ``pi2i`` (old or new)."""
+    import pi2i  # noqa: F401  first, as in `pi2i train`: whatever the package sets up before torch loads applies
     import numpy as np
     import torch
 
@@ -70,6 +71,9 @@ def worker(samples: str, batches: int, batch_size: int, variant: str) -> dict:
     except ImportError:
         new = False
     if new:  # exactly the trainer's steps (pi2i.prs.train._train_loop)
+        from pi2i.prs.launch import adam
+
+        opt = adam(model.parameters(), cfg.train.lr)
         quota = set_threads()
         keep_freed_memory()
         model.fit_normalizers(to_tensors(feats(idx[0]), vocab))
@@ -130,8 +134,14 @@ def export_before(rev: str, dest: Path) -> bool:
         return False
 
 
+#: the caller's own OpenMP wait policy (importing pi2i sets one in this process: each variant's pi2i decides)
+CALLER_OMP_WAIT_POLICY = os.environ.get("OMP_WAIT_POLICY")
+
+
 def run_variant(variant: str, pythonpath: str, samples: str, a: argparse.Namespace) -> dict:
     env = {**os.environ, "PYTHONPATH": pythonpath, "RAY_USAGE_STATS_ENABLED": "0"}
+    if CALLER_OMP_WAIT_POLICY is None:
+        env.pop("OMP_WAIT_POLICY", None)
     cmd = [sys.executable, __file__, "--worker", variant, "--samples", samples, "--batches", str(a.batches),
            "--batch-size", str(a.batch_size)]
     out = subprocess.run(cmd, check=False, env=env, capture_output=True, text=True, cwd=tempfile.gettempdir())

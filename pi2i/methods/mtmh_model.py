@@ -33,6 +33,7 @@ from torch import nn
 from pi2i.config import Config, MTMHConfig
 from pi2i.methods.item_features import ITEM_FIELDS, ItemCodes
 from pi2i.methods.learned import EpochTracker, open_samples, size_threads, user_split
+from pi2i.prs.launch import adam
 
 VAL_MAX_PAIRS = 20_000
 
@@ -195,7 +196,7 @@ def mtmh_loop(config: dict) -> None:
     x = torch.from_numpy(codes.x)
     tower = ItemTower(mc, codes.sizes)
     net = ray.train.torch.prepare_model(tower) if world > 1 else tower
-    opt = torch.optim.Adam(net.parameters(), lr=mc.lr)
+    opt = adam(net.parameters(), mc.lr)
     tracker = EpochTracker(tower, tc.patience)
     n_items = len(codes.item_ids)
 

@@ -33,6 +33,7 @@ from pi2i.ibs.i2i import I2IIndex
 from pi2i.methods.item_features import ITEM_FIELDS
 from pi2i.methods.learned import EpochTracker, open_samples, size_threads, user_split
 from pi2i.methods.pdn_features import Featurizer, PDNBatch, RowIndex, candidate_columns, sample_batch
+from pi2i.prs.launch import adam
 
 VAL_MAX_SAMPLES = 2000
 INDEX_CHUNK = 1 << 16
@@ -281,7 +282,7 @@ def pdn_loop(config: dict) -> None:
         val_idx = np.sort(rng.choice(val_idx, VAL_MAX_SAMPLES, replace=False))
     model = PDNModel(pc, feat.vocab_sizes)
     net = ray.train.torch.prepare_model(model) if world > 1 else model
-    opt = torch.optim.Adam(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    opt = adam(net.parameters(), tc.lr, tc.weight_decay)
     tracker = EpochTracker(model, tc.patience)
     for epoch in range(tc.epochs):
         t0 = time.perf_counter()

@@ -27,7 +27,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +47,7 @@ from pi2i.contracts import (
 from pi2i.prs.candidates import CROSS_FEATURES, Groups, RowLookup
 from pi2i.prs.io import copy_file, read_bytes
 from pi2i.prs.io import uri as _uri
-from pi2i.prs.launch import numba_threadsafe, single_thread_worker
+from pi2i.prs.launch import adam, numba_threadsafe, single_thread_worker
 from pi2i.prs.model import PRSModel, Vocab, positive_rank, softmax_loss, to_tensors
 from pi2i.prs.sampling import HISTORIES_FILE, I2I_FILE, POPULARITY_FILE, SampleSet
 
@@ -324,8 +324,14 @@ class StepRunner:
     def steps(self, index_batches: list[np.ndarray]) -> Iterator[tuple[np.ndarray, float]]:
         """One optimizer step per index batch; yields (indices, mean loss) after each."""
         if self.sliced:
-            for idx in index_batches:
-                yield idx, self._finish(idx, self._sliced_grads(idx))
+            ahead = self._build_slices(index_batches[0]) if index_batches else []
+            for s, idx in enumerate(index_batches):
+                work = self._submit_slices(idx, ahead)
+                # the next step's inputs are queued behind this step's slices: a thread that finishes its slice
+                # early builds them (features need no weights), so it neither idles at the step's end nor adds a
+                # feature pass to the next step
+                ahead = self._build_slices(index_batches[s + 1]) if s + 1 < len(index_batches) else []
+                yield idx, self._finish(idx, self._sum_slices(idx, work))
             return
         for idx, b in batches(self.ss, index_batches, self.vocab, self.cfg, self.device,
                               lambda: self.tuner.current < self.quota):
@@ -337,21 +343,38 @@ class StepRunner:
             if torch.get_num_threads() != self.tuner.current:
                 torch.set_num_threads(self.tuner.current)
 
-    def _slice(self, idx: np.ndarray, n_total: int) -> tuple[torch.Tensor, tuple]:
-        loss = batch_loss(self.net, make_batch(self.ss, idx, self.vocab, self.cfg))
+    def _parts(self, idx: np.ndarray) -> list[np.ndarray]:
+        """The slices of a batch: always ``self.parts`` of them (fewer only when the batch is smaller)."""
+        return [p for p in np.array_split(idx, self.parts) if len(p)]
+
+    def _build_slices(self, idx: np.ndarray) -> list[Future]:
+        """Queue the model inputs of each slice of batch ``idx`` on the slice threads."""
+        assert self.pool is not None
+        return [self.pool.submit(make_batch, self.ss, p, self.vocab, self.cfg) for p in self._parts(idx)]
+
+    def _slice(self, batch: Future, n: int, n_total: int) -> tuple[torch.Tensor, tuple]:
+        loss = batch_loss(self.net, batch.result())
         if not torch.isfinite(loss):
             return loss.detach(), ()
-        return loss.detach(), torch.autograd.grad(loss * (len(idx) / n_total), self.params, allow_unused=True)
+        return loss.detach(), torch.autograd.grad(loss * (n / n_total), self.params, allow_unused=True)
 
-    def _sliced_grads(self, idx: np.ndarray) -> torch.Tensor:
-        """Set every parameter's ``grad`` to the gradient of the batch's mean loss; returns that loss. The batch is
-        always cut into the same number of slices and their gradients summed in slice order; the tuner only decides
-        how many threads share them, so the numbers never depend on it."""
+    def _submit_slices(self, idx: np.ndarray, inputs: list[Future]) -> list[Future]:
+        """Queue the gradients of each slice (inputs from :meth:`_build_slices`): slice ``i`` runs on thread
+        ``i mod n_threads``, the slices of a thread one after the other. A slice waits only on inputs queued
+        before it (the queue is FIFO), so a waiting thread never blocks the work it waits for."""
         assert self.pool is not None
-        parts = [p for p in np.array_split(idx, self.parts) if len(p)]
-        n_threads = min(self.tuner.current, len(parts))
-        work = lambda t: [self._slice(parts[i], len(idx)) for i in range(t, len(parts), n_threads)]
-        done = [f.result() for f in [self.pool.submit(work, t) for t in range(n_threads)]]
+        sizes = [len(p) for p in self._parts(idx)]
+        n_threads = min(self.tuner.current, len(sizes))
+        run = lambda t: [self._slice(inputs[i], sizes[i], len(idx)) for i in range(t, len(sizes), n_threads)]
+        return [self.pool.submit(run, t) for t in range(n_threads)]
+
+    def _sum_slices(self, idx: np.ndarray, work: list[Future]) -> torch.Tensor:
+        """Set every parameter's ``grad`` to the gradient of the batch's mean loss; returns that loss. The batch is
+        always cut into the same slices and their gradients summed in slice order; the tuner only decides how
+        many threads share them, so the numbers never depend on it."""
+        parts = self._parts(idx)
+        done = [f.result() for f in work]
+        n_threads = len(done)
         out = [done[i % n_threads][i // n_threads] for i in range(len(parts))]
         loss = sum((lo * len(p) for (lo, _), p in zip(out, parts)), torch.zeros(())) / len(idx)
         if torch.isfinite(loss):
@@ -425,7 +448,7 @@ def _train_loop(config: dict) -> None:
     model.fit_normalizers(to_tensors(_features(ss, norm_idx, cfg), vocab))
     model.to(device)
     net = ray.train.torch.prepare_model(model) if world > 1 else model
-    opt = torch.optim.Adam(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    opt = adam(net.parameters(), tc.lr, tc.weight_decay)
     my_val = val_idx[rank::world]
     runner = StepRunner(net, opt, ss, vocab, cfg, device, quota, world)
     try:
