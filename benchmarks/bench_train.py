@@ -3,19 +3,22 @@ backward + Adam) for a fixed model and data size, quiet and under a competing CP
 measured side by side in one run.
 
 * data: the ``demo`` synthetic preset, Swing with the default T, default sampling (1 positive + 20 hard + 80 easy
-  negatives per sample), the default model; built once into ``--data-dir``.
+  negatives per sample), each version's default model (before: MLPs [64, 32], 2 attention heads; after: [32, 32],
+  1 head, the same validation and test HR by ``benchmarks/bench_quality.py``); built once into ``--data-dir``.
 * "before": the trainer as committed before issue 13 (``git archive <--before-rev> pi2i``) unpacked into a temp
   dir and run from there; "after": this working tree. Each runs ``--batches`` timed training batches of
   ``--batch-size`` samples (after one warm-up batch) in a fresh subprocess: the old trainer's loop builds features
   inline with torch's default thread count; the new one is the trainer's own :class:`pi2i.prs.train.StepRunner`
-  (each batch cut into slices computed at once on one thread per slice, features included; the slice count
-  picked from measured step times within the process's CPU quota).
+  (each batch cut into slices computed at once on one thread per slice, features included, the next step's
+  slice inputs built by threads that finish early; thread counts from the process's CPU quota) with fused Adam.
 * "loaded": the same, while one busy-looping process per core of the quota competes for the CPUs.
 
     .venv/bin/python benchmarks/bench_train.py --out benchmarks/results/train.json
 
 The result JSON has ``samples_per_s`` (after, quiet) at the top level, and ``runs`` with every measurement; the
 machine's load average before and after is recorded beside them (other work on the machine skews every number).
+``--repeats N`` runs each variant N times per condition, interleaved, and the summary takes the medians (this
+machine's speed drifts by ±15% within minutes).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,7 +42,7 @@ BEFORE_REV = "0016eb85ca6ca9ff215cf54281d51c19224a58f8"
 # --------------------------------------------------------------------------------------------- worker
 def worker(samples: str, batches: int, batch_size: int, variant: str) -> dict:
     """Time ``batches`` training steps with the trainer importable as ``pi2i`` (old or new)."""
-    import pi2i  # noqa: F401  first, as in `pi2i train`: whatever the package sets up before torch loads applies
+    __import__("pi2i")  # first, as in `pi2i train`: whatever the package sets up before torch loads applies
     import numpy as np
     import torch
 
@@ -162,6 +166,8 @@ def main() -> None:
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--before-rev", default=BEFORE_REV, help="git revision of the 'before' trainer")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs of each variant per condition (interleaved); the summary takes their medians")
     ap.add_argument("--no-before", action="store_true")
     ap.add_argument("--no-load", action="store_true")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -185,17 +191,23 @@ def main() -> None:
     for cond in ("quiet",) + (() if a.no_load else ("loaded",)):
         procs = with_load(quota) if cond == "loaded" else []
         try:
-            for name, path in variants:
-                r = run_variant(name, path, samples, a)
-                r["condition"] = cond
-                r["loadavg_1m"] = os.getloadavg()[0]
-                runs.append(r)
-                print(json.dumps(r), flush=True)
+            for rep in range(a.repeats):
+                for name, path in variants:
+                    r = run_variant(name, path, samples, a)
+                    r["condition"], r["repeat"] = cond, rep
+                    r["loadavg_1m"] = os.getloadavg()[0]
+                    runs.append(r)
+                    print(json.dumps(r), flush=True)
         finally:
             for p in procs:
                 p.kill()
                 p.wait()
-    get = lambda v, c: next((r for r in runs if r["variant"] == v and r["condition"] == c and "error" not in r), {})
+    def get(variant: str, cond: str) -> dict:
+        """The median over repeats of each number of a variant under a condition ({} if every run failed)."""
+        ok = [r for r in runs if r["variant"] == variant and r["condition"] == cond and "error" not in r]
+        keys = ("samples_per_s", "candidate_scorings_per_s")
+        return {k: statistics.median(r[k] for r in ok) for k in keys} if ok else {}
+
     aq, al, bq, bl = get("after", "quiet"), get("after", "loaded"), get("before", "quiet"), get("before", "loaded")
     ratio = lambda x, y: round(x / y, 2) if x and y else None
     res = {
@@ -208,7 +220,7 @@ def main() -> None:
         "slowdown_under_load_after": ratio(aq.get("samples_per_s"), al.get("samples_per_s")),
         "slowdown_under_load_before": ratio(bq.get("samples_per_s"), bl.get("samples_per_s")),
         "runs": runs, "cpu_quota": quota, "competing_processes": quota, "before_rev": a.before_rev,
-        "batches": a.batches, "batch_size": a.batch_size, "samples_dir": samples,
+        "batches": a.batches, "batch_size": a.batch_size, "repeats": a.repeats, "samples_dir": samples,
         "loadavg_before": load0, "loadavg_after": os.getloadavg(), "when": time.strftime("%Y-%m-%dT%H:%M:%SZ",
                                                                                           time.gmtime()),
     }

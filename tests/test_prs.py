@@ -526,6 +526,20 @@ def test_cpu_quota_reads_cgroups_and_never_exceeds_the_affinity_mask(tmp_path, m
         torch.set_num_threads(before)
 
 
+def test_importing_pi2i_makes_openmp_threads_sleep_unless_told_otherwise():
+    """Spinning OpenMP threads steal the CPU share of the real work under contention: importing pi2i (before torch
+    or numba load libgomp) sets OMP_WAIT_POLICY=PASSIVE, and an explicit setting wins."""
+    import subprocess
+    import sys
+
+    code = "import pi2i, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = lambda e: subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True,
+                                   check=True).stdout.strip()
+    assert out(env) == "PASSIVE"
+    assert out({**env, "OMP_WAIT_POLICY": "ACTIVE"}) == "ACTIVE"
+
+
 def test_ray_train_refuses_driver_local_paths_for_a_remote_cluster(tmp_path, monkeypatch):
     from pi2i.prs.launch import run_ray_train
 

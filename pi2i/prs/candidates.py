@@ -57,6 +57,7 @@ class RowLookup:
     s_scores: np.ndarray  # float32, aligned with s_targets
     s_ranks: np.ndarray  # int32, aligned with s_targets
     row_top: np.ndarray  # float32, best score of each row (for the relative score)
+    log_rank: np.ndarray  # float64 [max rank + 1]: log(r) (index 0 unused)
 
     @classmethod
     def build(cls, index: I2IIndex) -> RowLookup:
@@ -67,7 +68,10 @@ class RowLookup:
         nz = lens > 0
         if nz.any():
             top[nz] = np.maximum.reduceat(index.scores, index.indptr[:-1][nz])
-        return cls(index, index.targets[order], index.scores[order], index.ranks[order], top)
+        max_rank = int(index.ranks.max()) if len(index.ranks) else 0
+        with np.errstate(divide="ignore"):
+            log_rank = np.log(np.arange(max(max_rank, 0) + 1, dtype=np.float64))
+        return cls(index, index.targets[order], index.scores[order], index.ranks[order], top, log_rank)
 
     def rows(self, items: np.ndarray) -> np.ndarray:
         """i2i row id of each item, -1 where it has none (pads, ``-1``, stay -1)."""
@@ -327,10 +331,11 @@ def _gallop(a, lo, hi, x):
 
 @nb.njit(cache=True, parallel=True, nogil=True)
 def _features_kernel(cands, trig, trig_rows, trig_age, trig_cat, trig_price, cand_cat, cand_price, cand_pop,
-                     indptr, s_targets, s_scores, s_ranks, row_top, L, H,
+                     indptr, s_targets, s_scores, s_ranks, row_top, log_rank, L, H,
                      hit_slot, hit_dense, cross, hits_pe):
     """Per group: each trigger's row (sorted by target) is merged with the group's candidates in id order; a
-    candidate's hits accumulate in trigger order, so every feature equals the per-candidate definition."""
+    candidate's hits accumulate in trigger order, so every feature equals the per-candidate definition.
+    ``log_rank[r] = log(r)`` (a table up to the largest rank: no logarithm per hit)."""
     G, C = cands.shape
     LT = trig.shape[1]
     split = hits_pe.shape[0] > 0
@@ -366,6 +371,8 @@ def _features_kernel(cands, trig, trig_rows, trig_age, trig_cat, trig_price, can
                 continue
             p, b = indptr[r], indptr[r + 1]
             rel_den = row_top[r]
+            pos_q = q / L
+            log_age_q = np.log1p(max(trig_age[g, q], 0.0))
             for o in range(first, C):
                 c = order[o]
                 x = cands[g, c]
@@ -382,9 +389,9 @@ def _features_kernel(cands, trig, trig_rows, trig_age, trig_cat, trig_price, can
                     hit_slot[g, c, k] = q
                     hit_dense[g, c, k, 0] = s
                     hit_dense[g, c, k, 1] = rel
-                    hit_dense[g, c, k, 2] = np.log(rk)
-                    hit_dense[g, c, k, 3] = q / L
-                    hit_dense[g, c, k, 4] = np.log1p(max(trig_age[g, q], 0.0))
+                    hit_dense[g, c, k, 2] = log_rank[rk]
+                    hit_dense[g, c, k, 3] = pos_q
+                    hit_dense[g, c, k, 4] = log_age_q
                 if split:
                     if ptrig[q]:
                         hits_pe[g, c, 0] += 1
@@ -478,7 +485,7 @@ def featurize(groups: Groups, cands: np.ndarray, lookup: RowLookup, info: ItemIn
     (_features_kernel_1 if G == 1 else _features_kernel)(cands, groups.triggers, trig_rows, groups.trigger_age_h,
                      np.ascontiguousarray(tside[..., 0]), np.ascontiguousarray(tprice),
                      np.ascontiguousarray(cside[..., 0]), np.ascontiguousarray(cprice), info.popularity(cands),
-                     ip, lookup.s_targets, lookup.s_scores, lookup.s_ranks, lookup.row_top, L, H,
+                     ip, lookup.s_targets, lookup.s_scores, lookup.s_ranks, lookup.row_top, lookup.log_rank, L, H,
                      hit_slot, hit_dense, cross, hits_pe)
     return Features(cands, groups.triggers, hit_slot, hit_dense, cross, groups.seq, groups.profile,
                     hits_pe if hit_split else None)

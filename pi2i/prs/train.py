@@ -291,7 +291,9 @@ class StepRunner:
     The slice count is fixed (``train.shards``, default the CPU quota) so the result never depends on the threads.
     With more slices than cores they run on as many threads as the quota or on one thread each, chosen by
     :class:`Tuner`: under contention the scheduler shares the cores per thread, so more threads win back CPU share
-    (measured: ``shards: 4`` on 2 cores, ~14% slower quiet, ~28% faster beside two busy processes).
+    (measured: ``shards: 4`` on 2 cores, ~14% slower quiet, ~28% faster beside two busy processes). The next
+    step's slice inputs are queued behind the current step's slices, so a thread that finishes early builds them
+    instead of idling until the slowest slice and the optimizer step are done.
 
     **Whole** (GPU, DDP workers, ``train.shards = 1``, pinned ``train.torch_threads``, or layers that draw from
     torch's global generator — dropout, the random trigger ablation — which racing threads would make
