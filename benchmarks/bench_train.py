@@ -17,8 +17,9 @@ measured side by side in one run.
 
 The result JSON has ``samples_per_s`` (after, quiet) at the top level, and ``runs`` with every measurement; the
 machine's load average before and after is recorded beside them (other work on the machine skews every number).
-``--repeats N`` runs each variant N times per condition, interleaved, and the summary takes the medians (this
-machine's speed drifts by ±15% within minutes).
+``--repeats N`` (default 3) runs each variant N times per condition, interleaved, and the summary takes the
+medians (this machine's speed drifts by ±15% within minutes); the default run takes ~6 minutes on 2 cores, most
+of it the old trainer under load.
 """
 
 from __future__ import annotations
@@ -163,10 +164,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=None, help="write the JSON result here")
     ap.add_argument("--data-dir", default=os.path.join(tempfile.gettempdir(), "pi2i-train-bench"))
-    ap.add_argument("--batches", type=int, default=20)
+    ap.add_argument("--batches", type=int, default=60)
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--before-rev", default=BEFORE_REV, help="git revision of the 'before' trainer")
-    ap.add_argument("--repeats", type=int, default=1,
+    ap.add_argument("--repeats", type=int, default=3,
                     help="runs of each variant per condition (interleaved); the summary takes their medians")
     ap.add_argument("--no-before", action="store_true")
     ap.add_argument("--no-load", action="store_true")
