@@ -30,11 +30,19 @@ TINY_CONFIG: dict[str, dict[str, Any]] = {
 }
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_tcp_port() -> int:
-    """A port that was free on 127.0.0.1 a moment ago (bind to 0, read, release)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port that was free on 127.0.0.1 a moment ago (bind to 0, read, release) and not handed out before in
+    this session: the kernel may return a just-released port again, and two servers of one test would collide."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 class FakeClock:

@@ -33,10 +33,32 @@ import pytest
 BIN = Path(sys.executable).parent
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free TCP ports, none handed out before in this session: all are bound at once while
+    picking (closing one socket before binding the next can return the same port twice — it did, and Ray refused
+    to start a node whose metrics and runtime-env agents shared a port)."""
+    socks: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < n:
+            s = socket.socket()
+            socks.append(s)
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+            if port not in _HANDED_OUT:
+                ports.append(port)
+    finally:
+        for s in socks:
+            s.close()
+    _HANDED_OUT.update(ports)
+    return ports
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return free_ports(1)[0]
 
 
 @contextlib.contextmanager
@@ -199,9 +221,10 @@ def _ray_start(args: list[str], env: dict[str, str]) -> None:
 
 def _node_ports() -> list[str]:
     """Every fixed-default port of a node made free, so two nodes (and other Ray users) share one machine."""
-    return ["--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
-            "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-            "--metrics-export-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
+    nm, om, agent, agent_grpc, metrics, runtime_env = map(str, free_ports(6))
+    return ["--node-manager-port", nm, "--object-manager-port", om,
+            "--dashboard-agent-listen-port", agent, "--dashboard-agent-grpc-port", agent_grpc,
+            "--metrics-export-port", metrics, "--runtime-env-agent-port", runtime_env,
             "--min-worker-port", "0", "--max-worker-port", "0"]
 
 
