@@ -18,47 +18,18 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 BIN = Path(sys.executable).parent
-
-
-_HANDED_OUT: set[int] = set()
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct free TCP ports, none handed out before in this session: all are bound at once while
-    picking (closing one socket before binding the next can return the same port twice — it did, and Ray refused
-    to start a node whose metrics and runtime-env agents shared a port)."""
-    socks: list[socket.socket] = []
-    ports: list[int] = []
-    try:
-        while len(ports) < n:
-            s = socket.socket()
-            socks.append(s)
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-            if port not in _HANDED_OUT:
-                ports.append(port)
-    finally:
-        for s in socks:
-            s.close()
-    _HANDED_OUT.update(ports)
-    return ports
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
 
 
 @contextlib.contextmanager
@@ -118,11 +89,11 @@ if os.path.exists(f"/proc/{child}"):
 
 
 @pytest.fixture(scope="session")
-def s3_store(tmp_path_factory) -> Iterator[S3Store]:
+def s3_store(tmp_path_factory, free_ports) -> Iterator[S3Store]:
     exe = shutil.which("moto_server", path=str(BIN)) or shutil.which("moto_server")
     if exe is None:
         pytest.fail("moto_server not installed: pip install -e '.[dev]' (moto[server] is in the dev extra)")
-    port = free_port()
+    port = free_ports()
     log = tmp_path_factory.mktemp("moto") / "moto.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=out, stderr=subprocess.STDOUT)
@@ -219,9 +190,9 @@ def _ray_start(args: list[str], env: dict[str, str]) -> None:
                            f"{out.stderr[-2000:]}")
 
 
-def _node_ports() -> list[str]:
+def _node_ports(free_port: Callable[[], int]) -> list[str]:
     """Every fixed-default port of a node made free, so two nodes (and other Ray users) share one machine."""
-    nm, om, agent, agent_grpc, metrics, runtime_env = map(str, free_ports(6))
+    nm, om, agent, agent_grpc, metrics, runtime_env = (str(free_port()) for _ in range(6))
     return ["--node-manager-port", nm, "--object-manager-port", om,
             "--dashboard-agent-listen-port", agent, "--dashboard-agent-grpc-port", agent_grpc,
             "--metrics-export-port", metrics, "--runtime-env-agent-port", runtime_env,
@@ -229,11 +200,11 @@ def _node_ports() -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(s3_store) -> Iterator[RayCluster]:
+def ray_cluster(s3_store, free_ports) -> Iterator[RayCluster]:
     """Head (1 CPU, resource ``head``) + worker node (1 CPU, resource ``node2``), separate temp dirs."""
     # short roots: Ray's unix sockets live under the temp dir and socket paths are limited to ~107 bytes
     roots = [tempfile.mkdtemp(prefix="pi2i-ray-h-", dir="/tmp"), tempfile.mkdtemp(prefix="pi2i-ray-w-", dir="/tmp")]
-    port = free_port()
+    port = free_ports()
     address = f"127.0.0.1:{port}"
     # Ray 2.60 turns token auth on for new clusters; give this cluster its own token (never ~/.ray's)
     client_env = {"RAY_ADDRESS": address, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
@@ -245,9 +216,9 @@ def ray_cluster(s3_store) -> Iterator[RayCluster]:
     try:
         _ray_start(["--head", "--port", str(port), "--temp-dir", roots[0], "--include-dashboard", "false",
                     "--resources", '{"head": 1}', *common,
-                    *_node_ports()], env)
+                    *_node_ports(free_ports)], env)
         _ray_start(["--address", address, "--temp-dir", roots[1], "--resources", '{"node2": 1}', *common,
-                    *_node_ports()], env)
+                    *_node_ports(free_ports)], env)
         _wait_nodes(address, 2, env)
         yield RayCluster(address, (roots[0], roots[1]), client_env)
     finally:
