@@ -121,6 +121,9 @@ class TrainConfig(_Section):
     calibration_samples: int = Field(
         1000, ge=0, description="validation samples whose FULL candidate pool is ranked to choose the popularity /"
         " Swing weights of the final score (HR@eval.gate_k); 0 = no calibration (pure model ordering)")
+    popular_merge: bool = Field(
+        True, description="merge the popular items outside the pool into the final ranking where their hit rate "
+        "per slot, measured on the calibration users, beats the pool's (pi2i.prs.merge); false = the pool only")
     seed: int = 0
 
 

@@ -129,10 +129,11 @@ class Recommendation(TypedDict):
     user_id: int
     items: list[int]
     scores: list[float]
-    triggers: list[list[int]]  # per item, the history items that produced it, strongest first
+    triggers: list[list[int]]  # per item, the history items that produced it, strongest first ([] = a popular
+    # item: PI2I's popularity channel or the fill)
     trigger_weights: list[list[float]]  # their contributions (0 when the method reports none)
     num_candidates: int
-    num_personalized: int
+    num_personalized: int  # items[:n] are the method's ranking, the rest is the popularity fill
     version: str
     method: str
     source: str  # cache | computed | fallback

@@ -248,8 +248,9 @@ def test_evaluate_end_to_end_tiny(tiny, tmp_path):
         assert vals == sorted(vals)  # HR@K is non-decreasing in K
     # the same model evaluated twice gives the same numbers (identical users, deterministic scorer)
     assert m["methods"]["again"]["hr"] == pytest.approx(m["methods"]["pi2i"]["hr"])
-    # without popularity padding PI2I ranks within the pool: the pool ceiling bounds it and the pool's ranking;
-    # padding (the default, what serving answers) only adds hits past the end of a short list
+    # without popularity padding PI2I lists its pool and the popular items its popularity channel merges in: the
+    # pool ceiling plus popularity bounds it; padding (the default, what serving answers) only adds hits past the
+    # end of a short list
     cfg_raw = tmp_path / "raw.yaml"
     cfg_raw.write_text(Path(p["cfg"]).read_text() + "eval: {pad_with_popular: false}\n")
     res = _cli("--train", p["train"], "--test", p["test"], "--i2i", p["i2i"], "--model", p["model"],
@@ -259,7 +260,7 @@ def test_evaluate_end_to_end_tiny(tiny, tmp_path):
     pool = raw["pool"]
     assert len(set(pool["hr"].values())) == 1 and pool["hr"] == m["methods"]["pool"]["hr"]
     for k in ks:
-        assert raw["pi2i"]["hr"][k] <= pool["hr"][k] + 1e-9
+        assert raw["pi2i"]["hr"][k] <= pool["hr"][k] + raw["popularity"]["hr"][k] + 1e-9
         assert pool["ranked_hr"][k] <= pool["hr"][k] + 1e-9
         assert raw["swing"]["hr"][k] <= pool["hr"][k] + 1e-9
         assert raw["popularity"]["hr"][k] == m["methods"]["popularity"]["hr"][k]  # never short: nothing to pad
@@ -398,8 +399,9 @@ def test_pi2i_explanations_and_save_round_trip(tiny, tmp_path):
     rec = r.recommend(batch, 20, explain=True)
     for u in range(2):
         hist = set(batch.row(u)[0].tolist())
+        pool = set(np.concatenate([i2i.row(t)[0] for t in hist]).tolist())
         for item, why in zip(rec.items[u][rec.items[u] != PAD].tolist(), rec.why[u]):
-            assert why and item not in hist
+            assert item not in hist and bool(why) == (item in pool)  # no why: a popular item from outside the pool
             assert [s for _, s in why] == sorted((s for _, s in why), reverse=True)
             for t, s in why:
                 targets, scores, _ = i2i.row(t)

@@ -405,7 +405,12 @@ def test_train_writes_a_self_contained_model_dir(trained):
     assert cal[f"val_hr{k}"] >= max(cal[f"val_hr{k}_model"], cal[f"val_hr{k}_popularity_in_pool"],
                                    cal[f"val_hr{k}_swing_in_pool"])
     stored = json.loads(Path(model_dir, "config.json").read_text())["calibration"]
-    assert stored == {"popularity": cal["popularity"], "swing": cal["swing"], "k": k}
+    assert stored == {"popularity": cal["popularity"], "swing": cal["swing"], "k": k, "merge": cal["merge"]}
+    # the popularity channel's slot hit rates: non-increasing per channel, one per slot bin
+    for channel in ("pool", "popular"):
+        rates = np.asarray(cal["merge"][channel])
+        assert len(rates) == len(cal["merge"]["edges"]) - 1 and np.all(np.diff(rates) <= 1e-12) and rates[0] > 0
+    assert 0 < cal[f"merge_pool_share{k}"] <= 1
 
 
 def test_model_learns_the_personal_signal(trained):
@@ -462,17 +467,35 @@ def test_scorer_recommends_with_explanations(trained):
         assert [t.tolist() for t in rec.triggers] == [t.tolist() for t in one.triggers]
     cold = sc.recommend(np.empty(0, np.int64), np.empty(0, np.int64), k=10)
     assert len(cold.items) == 0 and cold.num_candidates == 0 and len(sc.popularity) > 0
-    # fill_popular: a list shorter than k continues with the most popular unseen items, below every pool item
+    # the popularity channel merged by slot hit rates: each channel keeps its own order, popular items come
+    # from outside the pool, and the pool's items are the pool ranking's top ones
     big = len(sc.popularity)
-    full = sc.recommend_many(hist[:3], k=big, fill_popular=True)
-    for rec, short, (seen, _) in zip(full, sc.recommend_many(hist[:3], k=big), hist[:3]):
+    rank = {it: r for r, it in enumerate(sc.popularity.tolist())}
+    assert sc.merge is not None
+    merge, sc.merge = sc.merge, None
+    try:
+        pool_only = sc.recommend_many(hist[:3], k=big)
+        # fill_popular: a list shorter than k continues with the most popular unseen items, below every pool item
+        full = sc.recommend_many(hist[:3], k=big, fill_popular=True)
+    finally:
+        sc.merge = merge
+    merged = sc.recommend_many(hist[:3], k=big)
+    for rec, short, mixed, (seen, _) in zip(full, pool_only, merged, hist[:3]):
         n = len(short.items)
         assert np.array_equal(rec.items[:n], short.items) and len(rec.items) > n
         assert not np.isin(rec.items, seen).any() and len(np.unique(rec.items)) == len(rec.items)
         tail = rec.items[n:]
-        rank = {it: r for r, it in enumerate(sc.popularity.tolist())}
         assert [rank[i] for i in tail] == sorted(rank[i] for i in tail)
         assert np.all(np.diff(rec.scores) <= 0) and rec.num_candidates == short.num_candidates
+        in_pool = np.isin(mixed.items, short.items)
+        assert len(mixed.items) == len(rec.items) and set(mixed.items.tolist()) == set(rec.items.tolist())
+        assert np.array_equal(mixed.items[in_pool], short.items)  # all of the pool, in the pool's order
+        assert [rank[i] for i in mixed.items[~in_pool]] == sorted(rank[i] for i in mixed.items[~in_pool])
+        assert np.all(np.diff(mixed.scores) <= 0) and mixed.num_candidates == short.num_candidates
+        assert all(len(t) == 0 for t, p in zip(mixed.triggers, in_pool) if not p)
+        # each item scored by its channel's validation hit rate: the pool's by slot, a popular one by global rank
+        assert np.allclose(mixed.scores[in_pool], merge.pool_rates(n))
+        assert np.allclose(mixed.scores[~in_pool], merge.popular_rates(sc.popularity_rank(mixed.items[~in_pool])))
     # stability: the history's category mix enters the score as stability · log((n_c + 1) / (n + 1))
     before = sc.stability
     sc.stability = 0.0

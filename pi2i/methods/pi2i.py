@@ -41,8 +41,8 @@ class PI2I(Retriever):
 
     def recommend(self, batch: Histories, k: int, *, exclude_seen: bool = True,
                   explain: bool = False) -> Recommendations:
-        # the pool's ranking only: evaluation (eval.pad_with_popular) and serving (pad_with_popularity) pad a
-        # short answer with popular items themselves, the same way for every method
+        # the pool's ranking, with the popular items its popularity channel merged in (pi2i.prs.merge); a short
+        # answer is padded by evaluation (eval.pad_with_popular) and serving as for every method
         recs = self.scorer.recommend_many([batch.row(r) for r in range(len(batch))], k, exclude_seen=exclude_seen,
                                           fill_popular=False, explain=explain)
         items = np.full((len(recs), k), PAD, np.int64)

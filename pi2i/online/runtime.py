@@ -258,7 +258,8 @@ class CachedRec:
     trig_flat: np.ndarray  # int64 source items, strongest first
     trig_weight: np.ndarray  # float32 contributions, aligned with trig_flat
     num_candidates: int
-    num_personalized: int  # items[:num_personalized] come from the method, the rest is popularity fill
+    num_personalized: int  # items[:num_personalized] are the method's ranking (PI2I's holds the popular items its
+    # popularity channel merged in, without triggers), the rest is the popularity fill
     computed_at: float
 
     _MAGIC = b"P2C2"

@@ -2,13 +2,15 @@
 
 history → triggers (last L distinct clicks) → candidates = union of the triggers' i2i rows (minus ``exclude``)
 → features (:func:`pi2i.prs.candidates.featurize`, the training feature code) → batched model scores → top-K, each
-item with the triggers whose row retrieved it (the explanation).
+item with the triggers whose row retrieved it (the explanation) → with a model calibrated with the popularity
+channel (``calibration.merge``), the popular items outside the pool merged in where their validation hit rate beats
+the pool's slot (:mod:`pi2i.prs.merge`; they have no triggers, and every score is then that hit rate).
 
 :meth:`Scorer.recommend_many` scores many users at once: users are sorted by pool size and packed into chunks of
 at most ``cells`` padded candidate slots, so one forward pass handles many small pools or one large pool; the
 chunks are scored at once on one thread per core of the CPU quota.
-The scorer never pads a short result: callers fall back to :attr:`Scorer.popularity` (``source=fallback``),
-see :func:`pad_with_popularity`.
+An empty pool (no trigger has a row) gives an empty list and a list never reaches past the pool and the popular
+items: callers fall back to :attr:`Scorer.popularity` (``source=fallback``), see :func:`pad_with_popularity`.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pi2i.prs.candidates import (
     featurize,
     serving_groups,
 )
+from pi2i.prs.merge import PopularMerge
 from pi2i.prs.model import Vocab, to_tensors
 from pi2i.prs.sampling import POPULARITY_FILE
 
@@ -97,6 +100,10 @@ class Scorer:
         cal = meta.get("calibration") or {}
         #: (a, b) of :func:`calibrated_scores`, chosen on validation users by full-pool HR@K (see train.py)
         self.calibration = (float(cal.get("popularity", 0.0)), float(cal.get("swing", 0.0)))
+        #: the popularity channel merged into the ranking by validation slot hit rates (None: the pool only)
+        self.merge = PopularMerge.from_dict(cal.get("merge"))
+        order = np.argsort(popularity, kind="stable")
+        self._pop_sorted = (popularity[order], order)  # ids ascending, their rank in the popularity order
 
     @classmethod
     def load(cls, model_dir: str, i2i: I2IIndex, stability: float | None = None) -> Scorer:
@@ -196,7 +203,32 @@ class Scorer:
                                                    chunks)):
             for u, rec in zip(chunk, recs):
                 out[u] = rec
+        if self.merge is not None and len(self.popularity):
+            for u in np.flatnonzero(n > 0):
+                out[u] = self._merge_popular(out[u], cands[u, :n[u]], None if excludes is None else excludes[u], k)
         return out
+
+    def popularity_rank(self, items: np.ndarray) -> np.ndarray:
+        """Rank of each item (all in :attr:`popularity`) in the global popularity order, 0 = the most clicked."""
+        ids, rank = self._pop_sorted
+        return rank[np.searchsorted(ids, items)]
+
+    def _merge_popular(self, rec: Recommendation, pool: np.ndarray, exclude: np.ndarray | None,
+                       k: int) -> Recommendation:
+        """``rec`` (the pool's top k) merged with the popular items outside the pool and ``exclude``
+        (:class:`pi2i.prs.merge.PopularMerge`); scores become the slots' validation hit rates, popular items have
+        no triggers."""
+        from pi2i.data.events import fill_with_popular
+
+        assert self.merge is not None
+        blocked = pool if exclude is None else np.concatenate([pool, exclude])
+        popular = fill_with_popular(np.empty(0, np.int64), self.popularity, k, blocked)
+        items, rates, is_pool = self.merge.merge(rec.items, popular, self.popularity_rank(popular), k)
+        why: list[np.ndarray] = []
+        if len(rec.triggers) == len(rec.items):
+            pool_why, empty = iter(rec.triggers), np.empty(0, np.int64)
+            why = [next(pool_why) if p else empty for p in is_pool]
+        return Recommendation(items, rates, why, rec.num_candidates)
 
     def _score_chunk(self, groups: Groups, cands: np.ndarray, n: np.ndarray, chunk: np.ndarray,
                      k: int, explain: bool) -> list[Recommendation]:

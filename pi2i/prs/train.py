@@ -91,6 +91,15 @@ def holdout_cuts(ss: SampleSet, val_idx: np.ndarray, n_max: int, seed: int) -> t
     return np.asarray(ss.user[pick], np.int64), np.asarray(ss.pos[pick], np.int64)
 
 
+def kept_clicks(ss: SampleSet, users: np.ndarray, cuts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(user row of every click, mask of the clicks before the cut of each cut user — all of the others')."""
+    ptr = np.asarray(ss.clicks.user_ptr)
+    row = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))
+    cut_of = np.full(len(ptr) - 1, np.iinfo(np.int64).max)
+    cut_of[users] = cuts
+    return row, np.arange(len(row)) < cut_of[row]
+
+
 def holdout_lookup(ss: SampleSet, users: np.ndarray, cuts: np.ndarray, cfg: Config) -> RowLookup:
     """The i2i index rebuilt (Swing, ``cfg.swing``) without the validation users' clicks from their cut on.
 
@@ -104,11 +113,7 @@ def holdout_lookup(ss: SampleSet, users: np.ndarray, cuts: np.ndarray, cfg: Conf
     from pi2i.ibs.i2i import I2IIndex
     from pi2i.ibs.swing import build_swing
 
-    ptr = np.asarray(ss.clicks.user_ptr)
-    row = np.repeat(np.arange(len(ptr) - 1), np.diff(ptr))
-    cut_of = np.full(len(ptr) - 1, np.iinfo(np.int64).max)
-    cut_of[users] = cuts
-    keep = np.arange(len(row)) < cut_of[row]
+    row, keep = kept_clicks(ss, users, cuts)
     uid = np.asarray(ss.clicks.user_ids)[row[keep]]
     events = pa.table({"user_id": pa.array(uid, pa.int64()),
                        "item_id": pa.array(np.asarray(ss.clicks.items)[keep], pa.int64()),
@@ -152,6 +157,7 @@ def calibrate(model: PRSModel, cfg: Config, meta: dict, vocab: Vocab, ss: Sample
     cands = candidate_union(lookup, groups.triggers, seen)
     weights = [(a, b) for a in grid for b in grid]
     hits = np.zeros(len(weights), np.int64)
+    found_ranks: list[list[np.ndarray]] = [[] for _ in weights]  # (user, pool slot) of each found target
     n = (cands >= 0).sum(1)
     order = np.argsort(-n, kind="stable")
     order = order[n[order] > 0]
@@ -178,16 +184,83 @@ def calibrate(model: PRSModel, cfg: Config, meta: dict, vocab: Vocab, ss: Sample
             at = np.take_along_axis(sc, slot, 1)  # [G, T]
             rank = (sc[:, None, :] >= at[:, :, None]).sum(-1) - 1  # ties count against the target
             hits[w] += int((found & (rank < k)).sum())
+            found_ranks[w].append(np.stack([np.broadcast_to(chunk[:, None], found.shape)[found], rank[found]]))
     hr = hits / max(n_targets, 1)
     best = max(range(len(weights)), key=lambda w: (hr[w], -sum(weights[w]), -weights[w][0]))
     at_w = {wt: float(h) for wt, h in zip(weights, hr)}
     a, b = weights[best]
+    merge = None
+    if cfg.train.popular_merge:
+        pool_hits = np.concatenate(found_ranks[best], 1) if found_ranks[best] else np.empty((2, 0), np.int64)
+        merge = fit_popular_merge(ss, users, cuts, seen, targets, cands, pool_hits, k)
     return {"popularity": a, "swing": b, "k": k, "val_users": len(users), "val_targets": n_targets,
+            **(merge or {}),
             "val_in_pool": in_pool / max(n_targets, 1),
             f"val_hr{k}": float(hr[best]), f"val_hr{k}_model": at_w[(0.0, 0.0)],
             f"val_hr{k}_popularity_in_pool": at_w[(grid[-1], 0.0)], f"val_hr{k}_swing_in_pool": at_w[(0.0, grid[-1])],
             "seconds": round(time.perf_counter() - t0, 3), "swing_seconds": round(swing_s, 3),
             "grid": {f"{wa:g},{wb:g}": round(float(h), 5) for (wa, wb), h in zip(weights, hr)}}
+
+
+def fit_popular_merge(ss: SampleSet, users: np.ndarray, cuts: np.ndarray, seen: list[np.ndarray],
+                      targets: np.ndarray, cands: np.ndarray, pool_hits: np.ndarray, k: int) -> dict:
+    """The hit rates of :class:`pi2i.prs.merge.PopularMerge` on the calibration users: the pool's from
+    ``pool_hits`` ([2, H]: user row, calibrated pool slot of every target found in a pool), the popular items' from
+    the global popularity rank of every other target, over the popular items each user is offered (neither in its
+    pool nor in its context). Popularity is counted without the validation users' clicks from their cut on (as
+    the held-out index is built), so a target never raises its own rank. Also reports validation HR@k of the
+    merged lists."""
+    from pi2i.prs.merge import PopularMerge, slot_counts, slot_edges, slot_exposure
+
+    edges = slot_edges()
+    _, keep = kept_clicks(ss, users, cuts)
+    ids, counts = np.unique(np.asarray(ss.clicks.items)[keep], return_counts=True)
+    rank_of = np.empty(len(ids), np.int64)
+    rank_of[np.lexsort((ids, -counts))] = np.arange(len(ids))  # most clicked first, then by id
+
+    def pop_rank(x: np.ndarray) -> np.ndarray:  # -1: never clicked (outside the popular channel)
+        if not len(ids):
+            return np.full(len(x), -1, np.int64)
+        i = np.minimum(np.searchsorted(ids, x), len(ids) - 1)
+        return np.where(ids[i] == x, rank_of[i], -1)
+
+    n_pool = (cands >= 0).sum(1)
+    offered = slot_exposure(edges, np.full(len(users), len(ids)))  # every rank bin, before the blocked items
+    blocked_per_bin = np.zeros(len(edges) - 1)
+    pop_user, pop_rank_hit, blocked_of = [], [], []
+    for u in range(len(users)):
+        pool = cands[u, :n_pool[u]]
+        blocked = np.sort(pop_rank(np.unique(np.concatenate([seen[u], pool]))))
+        blocked = blocked[blocked >= 0]
+        blocked_of.append(blocked)
+        blocked_per_bin += slot_counts(edges, blocked)
+        t = targets[u][targets[u] >= 0]
+        r = pop_rank(t[~np.isin(t, pool)])
+        pop_rank_hit.append(r[r >= 0])
+        pop_user.append(np.full(int((r >= 0).sum()), u, np.int64))
+    hit_ranks = np.concatenate(pop_rank_hit) if pop_rank_hit else np.empty(0, np.int64)
+    merge = PopularMerge.fit(edges, slot_counts(edges, pool_hits[1]), slot_exposure(edges, n_pool),
+                             slot_counts(edges, hit_ranks), offered - blocked_per_bin)
+    # validation HR@k of the merged lists
+    hits = taken = listed = 0
+    pool_slot_of = [pool_hits[1][pool_hits[0] == u] for u in range(len(users))]
+    for u in range(len(users)):
+        blocked = blocked_of[u]
+        channel = np.arange(min(len(ids), k + len(blocked)))
+        channel = channel[~np.isin(channel, blocked)][:k]  # the user's popular items, as global ranks
+        at_p, at_q = PopularMerge.positions(merge.pool_rates(min(int(n_pool[u]), k)), merge.popular_rates(channel))
+        n_list = min(k, len(at_p) + len(at_q))
+        taken += int((at_p < n_list).sum())
+        listed += n_list
+        slots = pool_slot_of[u]
+        hits += int((at_p[slots[slots < len(at_p)]] < n_list).sum())
+        j = np.searchsorted(channel, pop_rank_hit[u])
+        ok = (j < len(channel)) & (channel[np.minimum(j, max(len(channel) - 1, 0))] == pop_rank_hit[u]) \
+            if len(channel) else np.zeros(len(j), bool)
+        hits += int((at_q[j[ok]] < n_list).sum())
+    n_targets = max(int((targets >= 0).sum()), 1)
+    return {"merge": merge.to_dict(), f"val_hr{k}_merged": hits / n_targets,
+            f"merge_pool_share{k}": taken / max(listed, 1)}
 
 
 def pd_unique(x: np.ndarray) -> np.ndarray:
@@ -566,7 +639,8 @@ def train(samples_dir: str, out_dir: str, cfg: Config, progress: bool = True) ->
     if tc.calibration_samples > 0 and len(val_idx):
         model, _, _ = _model_from(out_dir, model_meta)
         calibration = calibrate(model, cfg, model_meta, vocab, ss, val_idx, cfg.eval.gate_k)
-        model_meta["calibration"] = {k: calibration[k] for k in ("popularity", "swing", "k")}
+        model_meta["calibration"] = {k: calibration[k] for k in ("popularity", "swing", "k", "merge")
+                                     if k in calibration}
         if progress:
             k = calibration["k"]
             print(f"[train] calibration on {calibration['val_users']} held-out validation users: popularity "
@@ -574,6 +648,10 @@ def train(samples_dir: str, out_dir: str, cfg: Config, progress: bool = True) ->
                   f"{calibration[f'val_hr{k}']:.4f} (model alone {calibration[f'val_hr{k}_model']:.4f}, "
                   f"popularity {calibration[f'val_hr{k}_popularity_in_pool']:.4f}, swing "
                   f"{calibration[f'val_hr{k}_swing_in_pool']:.4f})", flush=True)
+            if "merge" in calibration:
+                print(f"[train] popularity channel merged by validation slot hit rates: val HR@{k} "
+                      f"{calibration[f'val_hr{k}_merged']:.4f}, {calibration[f'merge_pool_share{k}']:.0%} of the "
+                      f"top {k} from the pool", flush=True)
     write_json(model_meta, join(out_dir, CONFIG_FILE))
     metrics = {
         "epochs_run": len(history), "best_epoch": best["epoch"], "best": best, "history": history,
