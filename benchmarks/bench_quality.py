@@ -98,6 +98,7 @@ def main() -> None:
     for ds in a.datasets.split(","):
         r = run(ds, work, a.movielens)
         r["hr"] = hr_table(r["metrics"])
+        r["paired"] = (r["metrics"].get("paired") or {}).get("vs", {})
         results["datasets"][ds] = {k: v for k, v in r.items() if k != "metrics"}
     results["load_after"] = os.getloadavg()[0]
     print(f"\nHR@K (load {results['load_before']:.1f} -> {results['load_after']:.1f})")
@@ -110,6 +111,12 @@ def main() -> None:
         print("method".ljust(12) + "".join(f"HR@{k}".rjust(9) for k in KS))
         for name, hr in r["hr"].items():
             print(name.ljust(12) + "".join(f"{hr.get(str(k), float('nan')):9.4f}" for k in KS))
+        for base in ("popularity", "swing"):  # pi2i minus it, paired over the same users: more than noise?
+            cells = [r["paired"].get(str(k), {}).get(base) for k in KS]
+            if any(cells):
+                print(f"vs {base[:9]}".ljust(12) + "".join(
+                    f"{c['mean']:+8.4f}" + ("*" if c["ci95_low"] > 0 or c["ci95_high"] < 0 else " ") if c
+                    else " " * 9 for c in cells) + "   (* 95% CI excludes 0)")
     if a.baseline:  # an earlier run (e.g. of the code before a change), kept side by side
         base = json.loads(Path(a.baseline).read_text())
         results["before"] = {"source": a.baseline, "note": a.baseline_note, "datasets": base["datasets"]}

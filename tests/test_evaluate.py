@@ -246,6 +246,14 @@ def test_evaluate_end_to_end_tiny(tiny, tmp_path):
             assert all(0.0 <= v <= 1.0 for v in mm[metric].values()), (name, metric)
         vals = [mm["hr"][k] for k in ks]
         assert vals == sorted(vals)  # HR@K is non-decreasing in K
+    # paired differences at every K: over the same users, so their mean is exactly the gap of the headline HR
+    paired = m["paired"]["vs"]
+    assert m["paired"]["candidate"] == "pi2i" and set(paired) == set(ks)
+    for k in ks:
+        assert set(paired[k]) == set(m["methods"]) - {"pi2i"}
+        for name, d in paired[k].items():
+            assert d["mean"] == pytest.approx(m["methods"]["pi2i"]["hr"][k] - m["methods"][name]["hr"][k], abs=1e-12)
+            assert d["ci95_low"] <= d["mean"] <= d["ci95_high"] and d["users"] == m["data"]["test_users"]
     # the same model evaluated twice gives the same numbers (identical users, deterministic scorer)
     assert m["methods"]["again"]["hr"] == pytest.approx(m["methods"]["pi2i"]["hr"])
     # without popularity padding PI2I lists its pool and the popular items its popularity channel merges in: the

@@ -36,7 +36,8 @@ Protocol (paper §3.1 Eq. 5, §4.2; DESIGN.md "Evaluation gate"):
   the set HR of ``pool`` are unaffected. Off: each method is scored on what it retrieves alone.
 * **K ladder**: ``eval.ks`` capped at the train catalog size (:func:`pi2i.evaluation.metrics.k_ladder`).
 
-Writes ``metrics.json`` (``{"methods": {name: {"hr": {"K": v}, ...}}, "gate": {..., "live": {"hr": ...}}}``),
+Writes ``metrics.json`` (``{"methods": {name: {"hr": {"K": v}, ...}}, "gate": {..., "live": {"hr": ...}}}``,
+``paired``: the gate method's paired difference against every other method at every K),
 ``report.html`` and ``report.md`` into ``out_dir``.
 """
 
@@ -362,6 +363,19 @@ def recency_segments(history: Histories, categories: tuple[np.ndarray, np.ndarra
     return out
 
 
+def paired_at_every_k(runs: dict[str, MethodRun], candidate: str, ks: list[int]) -> dict[str, Any]:
+    """The candidate's paired HR difference against every other method at every K (mean over the same users,
+    standard error, normal 95% interval): whether a gap between two methods is more than sampling noise."""
+    from pi2i.evaluation.gate import paired_difference
+
+    out: dict[str, Any] = {"candidate": candidate, "vs": {}}
+    for k in ks:
+        cand = runs[candidate].per_user_hr(k)
+        out["vs"][str(k)] = {name: paired_difference(cand, run.per_user_hr(k))
+                             for name, run in runs.items() if name != candidate}
+    return out
+
+
 def segment_results(runs: dict[str, MethodRun], segments: np.ndarray, ks: list[int]) -> dict[str, Any]:
     """HR@K of every method (its ranking) within each recency segment, from the per-user HR already kept."""
     names = {1: "last_click_in_dominant_category", 0: "last_click_off_dominant_category"}
@@ -486,6 +500,8 @@ def evaluate(train_dir: str, test_dir: str, i2i_uri: str, model_dirs: str | Sequ
         metrics["segments"] = segment_results(runs, segments, ks)
     metrics["gate"] = gate_mod.decide(results, cfg.eval.gate_k, cfg.eval.gate_tolerance, cfg.eval.gate_method,
                                       live, per_user)
+    if cfg.eval.gate_method in runs:
+        metrics["paired"] = paired_at_every_k(runs, cfg.eval.gate_method, ks)
     if sweep is not None:
         metrics["sweep"] = report_mod.load_sweep(sweep)
     metrics["seconds"] = round(time.perf_counter() - t_start, 3)
