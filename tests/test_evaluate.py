@@ -285,7 +285,12 @@ def test_evaluate_end_to_end_tiny(tiny, tmp_path):
     html = (out / "report.html").read_text()
     assert "Gate:" in html and html.count("data:image/png;base64,") >= 2
     assert "http" not in html.split("<body>")[1][:2000]
-    assert (out / "report.md").read_text().startswith("# PI2I evaluation report")
+    md = (out / "report.md").read_text()
+    assert md.startswith("# PI2I evaluation report")
+    # the paired table: one row per other method, the candidate's gap at the first K as metrics.json has it
+    paired_md = md.split("## pi2i minus each method, paired over the same users")[1].split("##")[0]
+    swing_row = next(line for line in paired_md.splitlines() if line.startswith("| swing |"))
+    assert swing_row.split("|")[2].strip().startswith(f"{100 * m['paired']['vs'][ks[0]]['swing']['mean']:+.2f}")
     flat = kfp_metrics(m)
     assert flat["gate_passed"] in (0.0, 1.0) and f"hr_pi2i_at_{ks[0]}" in flat
 

@@ -379,6 +379,32 @@ def _metric_sections(metrics: dict) -> list[Section]:
     return out
 
 
+def _paired_section(metrics: dict) -> Section:
+    """The candidate minus every other method at every K on the same users, with a 95% interval: whether a gap
+    between two rows of the HR table is more than sampling noise."""
+    paired = metrics.get("paired") or {}
+    vs = paired.get("vs") or {}
+    ks = [k for k in metrics["ks"] if str(k) in vs]
+    if not ks:
+        return "", ""
+    cand = paired.get("candidate", "pi2i")
+    head = ["method"] + [f"@{k}" for k in ks]
+    rows = []
+    for name in vs[str(ks[0])]:
+        cells = []
+        for k in ks:
+            d = vs[str(k)].get(name) or {}
+            if d.get("mean") is None:
+                cells.append("–")
+                continue
+            sig = "*" if d["ci95_low"] > 0 or d["ci95_high"] < 0 else ""
+            cells.append(f"{100 * d['mean']:+.2f}{sig} ({100 * d['ci95_low']:+.2f} … {100 * d['ci95_high']:+.2f})")
+        rows.append([name] + cells)
+    note = (f"HR@K of {cand} minus the method's, in points, averaged over the same test users, with the normal 95% "
+            "interval of that mean; * = the interval excludes 0.")
+    return _table_section(f"{cand} minus each method, paired over the same users", head, rows, note=note)
+
+
 def _segments_section(metrics: dict) -> Section:
     """HR@gate K by recency segment: does a method hold up when the last click left the user's usual category?"""
     seg = metrics.get("segments")
@@ -451,7 +477,7 @@ def _data_section(metrics: dict) -> Section:
 def render(metrics: dict) -> tuple[str, str]:
     """(html, markdown) of the report: the sections in reading order."""
     sections = [_verdict_section(metrics), _live_section(metrics), _hr_section(metrics),
-                *_metric_sections(metrics), _segments_section(metrics), _methods_section(metrics), _sweep_section(metrics),
+                *_metric_sections(metrics), _paired_section(metrics), _segments_section(metrics), _methods_section(metrics), _sweep_section(metrics),
                 _training_section(metrics), _data_section(metrics)]
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{TITLE}</title><style>{CSS}</style>"
             "</head><body>" + "\n".join(p for p, _ in sections)
