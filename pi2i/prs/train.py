@@ -13,8 +13,9 @@ latest checkpoint is always the best); ``train.patience`` epochs without a bette
 After training, :func:`calibrate` chooses the weights of the popularity and Swing terms of the final score
 (:func:`pi2i.prs.scoring.calibrated_scores`) by full-pool HR@``eval.gate_k`` of held-out validation clicks, on an
 i2i index rebuilt without them (the sampled objective ranks ~100 drawn candidates whose features saw the click;
-serving ranks the whole pool of an index that never did). They are stored in ``config.json`` (``calibration``)
-and reported in ``train_stats.json``.
+serving ranks the whole pool of an index that never did), and on the same users it measures the hit rates that
+merge popular items from outside the pool into the ranking (:mod:`pi2i.prs.merge`, ``train.popular_merge``). Both
+are stored in ``config.json`` (``calibration``) and reported in ``train_stats.json``.
 
 The model directory ``M`` is self-contained: ``config.json``, ``model.safetensors``, ``vocab.parquet``,
 ``items.parquet``, ``popularity.parquet``, ``histories.parquet``, ``train_metrics.json``.
@@ -254,10 +255,8 @@ def fit_popular_merge(ss: SampleSet, users: np.ndarray, cuts: np.ndarray, seen: 
         listed += n_list
         slots = pool_slot_of[u]
         hits += int((at_p[slots[slots < len(at_p)]] < n_list).sum())
-        j = np.searchsorted(channel, pop_rank_hit[u])
-        ok = (j < len(channel)) & (channel[np.minimum(j, max(len(channel) - 1, 0))] == pop_rank_hit[u]) \
-            if len(channel) else np.zeros(len(j), bool)
-        hits += int((at_q[j[ok]] < n_list).sum())
+        ranks = pop_rank_hit[u][np.isin(pop_rank_hit[u], channel)]
+        hits += int((at_q[np.searchsorted(channel, ranks)] < n_list).sum())
     n_targets = max(int((targets >= 0).sum()), 1)
     return {"merge": merge.to_dict(), f"val_hr{k}_merged": hits / n_targets,
             f"merge_pool_share{k}": taken / max(listed, 1)}
