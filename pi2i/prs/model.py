@@ -126,12 +126,14 @@ class Vocab:
 def to_tensors(feat: Features, vocab: Vocab, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """Encode features into the model's input tensors. Candidates come as ``cand`` [G, C] indices into
     ``items`` [U, NUM_FIELDS], the batch's distinct candidate items: an item drawn by many samples of a batch is
-    embedded (and projected) once. Trailing columns that are padding in every group are trimmed."""
+    embedded (and projected) once. Trailing columns that are padding in every group are trimmed, of the
+    candidates and of the sequences (most recent first: a batch of short histories attends over few keys)."""
     cands = feat.cands
     valid = cands >= 0
     cols = np.flatnonzero(valid.any(0))
     width = int(cols[-1]) + 1 if len(cols) else min(1, cands.shape[1])
     sl = slice(0, width)
+    seq_len = max(1, int((feat.seq >= 0).sum(1).max(initial=0)))  # one slot at least: an empty history
     uniq, inv = np.unique(cands[:, sl], return_inverse=True)
     t = lambda a, dt: torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dt)
     return {
@@ -142,7 +144,7 @@ def to_tensors(feat: Features, vocab: Vocab, device: torch.device | str = "cpu")
         "hit_slot": t(feat.hit_slot[:, sl], torch.long),
         "hit_dense": t(feat.hit_dense[:, sl], torch.float32),
         "cross": t(feat.cross[:, sl], torch.float32),
-        "seq": t(vocab.encode(feat.seq), torch.long),
+        "seq": t(vocab.encode(feat.seq[:, :seq_len]), torch.long),
         "profile": t(feat.profile, torch.float32),
     }
 

@@ -418,8 +418,12 @@ class StepRunner:
                 torch.set_num_threads(self.tuner.current)
 
     def _parts(self, idx: np.ndarray) -> list[np.ndarray]:
-        """The slices of a batch: always ``self.parts`` of them (fewer only when the batch is smaller)."""
-        return [p for p in np.array_split(idx, self.parts) if len(p)]
+        """The slices of a batch: always ``self.parts`` of them (fewer only when the batch is smaller), the samples
+        ordered by context length first, so that a slice of short histories attends over short sequences
+        (:func:`pi2i.prs.model.to_tensors` trims the padding)."""
+        ctx = np.asarray(self.ss.pos[idx]) - np.asarray(self.ss.clicks.user_ptr)[np.asarray(self.ss.user[idx])]
+        ordered = idx[np.argsort(np.minimum(ctx, self.cfg.sampling.seq_len), kind="stable")]
+        return [p for p in np.array_split(ordered, self.parts) if len(p)]
 
     def _build_slices(self, idx: np.ndarray) -> list[Future]:
         """Queue the model inputs of each slice of batch ``idx`` on the slice threads."""
