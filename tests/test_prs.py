@@ -268,6 +268,61 @@ def test_shapes_and_masks(tiny):
     assert positive_rank(out).shape == (G,)
 
 
+def _literal_logits(m: PRSModel, b: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Eq. 8-11 written out literally, one candidate and one hit at a time in spirit: every feature embedded per
+    candidate, concatenated, the MLPs and ``nn.MultiheadAttention`` applied as layers: the reference the fused
+    :meth:`PRSModel.forward` must equal."""
+    F = torch.nn.functional
+    G, C, H = b["hit_slot"].shape
+    # E_trigger: mean over the hitting triggers h of E_item(h) + W_hit·standardize(x_h)
+    used = m.hit_mask(b)
+    trig_e = m.item_emb(b["trig"])  # [G, L, D]
+    per_hit = torch.stack([trig_e[g][b["hit_slot"][g].clamp_min(0)] for g in range(G)])  # [G, C, H, D]
+    per_hit = per_hit + m.hit_proj(m.hit_norm(b["hit_dense"]))
+    w = used.unsqueeze(-1).float()
+    e_trig = (per_hit * w).sum(2) / w.sum(2).clamp_min(1.0)
+    e_tgt = m.item_emb(b["items"])[b["cand"]]
+    e_cross = m.cross_proj(m.cross_norm(b["cross"]))
+    first = lambda head, parts: head.rest(F.linear(torch.cat(parts, -1), head.first.lin.weight, head.first.lin.bias))
+    q = first(m.query, [e_trig, e_tgt, e_cross])  # Eq. 8
+    seq = m.item_emb(b["seq"]) + m.pos.weight[:b["seq"].shape[1]]
+    pad = b["seq"][..., 0] == PAD
+    pad[pad.all(1), 0] = False
+    att, _ = m.mha(q, seq, seq, key_padding_mask=pad, need_weights=False)  # Eq. 9-10
+    keep = (~pad).unsqueeze(-1).float()
+    seq_mean = ((seq * keep).sum(1) / keep.sum(1)).unsqueeze(1).expand(G, C, -1)
+    prof = m.profile_proj(b["profile"]).unsqueeze(1).expand(G, C, -1)
+    logit = first(m.head, [att, seq_mean, prof, e_trig, e_tgt, e_cross]).squeeze(-1)  # Eq. 11
+    return logit.masked_fill(~b["cand_mask"], float("-inf"))
+
+
+@pytest.mark.parametrize("trigger_feature", ["multi", "none"])
+def test_fused_forward_equals_the_literal_equations(tiny, trigger_feature):
+    """The forward pass merges linear maps and reorders work for speed; its logits and every parameter's gradient
+    must equal Eq. 8-11 computed literally (float64, so only the algebra is compared)."""
+    cfg, vocab, feat = _batch(tiny)
+    c = cfg.model.model_copy(update={"trigger_feature": trigger_feature, "hidden": [24, 16], "embed_dim": 16,
+                                     "num_heads": 2})
+    torch.manual_seed(3)
+    m = PRSModel(c, vocab.sizes, cfg.sampling.seq_len).double()
+    b = {k: (v.double() if v.is_floating_point() else v) for k, v in to_tensors(feat, vocab).items()}
+    m.fit_normalizers(b)
+    for p in m.parameters():  # non-trivial biases and padding rows, so a dropped term cannot hide
+        torch.nn.init.normal_(p, std=0.3) if p.dim() == 1 else None
+    grads = []
+    for f in (m.forward, lambda x: _literal_logits(m, x)):
+        m.zero_grad()
+        out = f(b)
+        softmax_loss(out).backward()
+        grads.append((out.detach(), [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in m.parameters()]))
+    (fused, g_fused), (lit, g_lit) = grads
+    assert torch.equal(torch.isinf(fused), torch.isinf(lit))
+    fin = torch.isfinite(lit)
+    assert torch.allclose(fused[fin], lit[fin], rtol=1e-9, atol=1e-9)
+    for (name, _), a, r in zip(m.named_parameters(), g_fused, g_lit):
+        assert torch.allclose(a, r, rtol=1e-8, atol=1e-10), name
+
+
 def test_seq_padding_is_masked(tiny):
     cfg, vocab, feat = _batch(tiny)
     m = PRSModel(cfg.model, vocab.sizes, cfg.sampling.seq_len).eval()
