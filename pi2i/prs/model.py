@@ -295,10 +295,12 @@ class PRSModel(nn.Module):
         cross_out = cast(nn.Linear, self.cross_proj[-1])  # E_cross = cross_out(z)
         z = self.cross_proj[:-1](self.cross_norm(b["cross"]))  # [G, C, D]
         bias = torch.cat([self.query.first.lin.bias, self.head.first.lin.bias]) + w_cross @ cross_out.bias
-        # target: W·E_item(x) per distinct item, gathered
-        pre = nn.functional.embedding(b["cand"], self.item_emb(b["items"]) @ w_tgt.t())  # [G, C, Hq+Hh]
+        # the per-candidate pre-activations [G, C, Hq+Hh] are the batch's largest tensors: each is written once and
+        # updated in place (mm and baddbmm keep their inputs, not their outputs, for the backward pass), and the
+        # bias rides on the per-item target table instead of a pass over every candidate
+        target = self.item_emb(b["items"]) @ w_tgt.t() + bias  # [U, Hq+Hh]: W·E_item(x) + bias per distinct item
         if self.cfg.trigger_feature == "none":
-            pre = torch.addmm(pre.flatten(0, 1), z.flatten(0, 1), (w_cross @ cross_out.weight).t())
+            pre = z @ (w_cross @ cross_out.weight).t()
         else:
             # E_trigger = mean over used hits of E_item(trigger) + W_hit·standardize(x): the mean commutes with
             # the affine maps, so pool the raw per-hit inputs and A·(W·E_item(triggers)) instead (A [G, C, L])
@@ -310,13 +312,12 @@ class PRSModel(nn.Module):
             dense = torch.cat([x, has, z], -1)
             w_dense = torch.cat([w_trig @ self.hit_proj.weight, (w_trig @ self.hit_proj.bias).unsqueeze(1),
                                  w_cross @ cross_out.weight], 1)
-            pre = torch.addmm(pre.flatten(0, 1), dense.flatten(0, 1), w_dense.t())
-            G, C, _ = b["hit_slot"].shape
-            A = torch.zeros(G, C, b["trig"].shape[1], dtype=m.dtype, device=m.device)
+            pre = dense @ w_dense.t()  # [G, C, Hq+Hh]; matmul's result is no view: in-place is cheap
+            A = torch.zeros(*b["cand"].shape, b["trig"].shape[1], dtype=m.dtype, device=m.device)
             A.scatter_add_(2, b["hit_slot"].clamp_min(0), m)
             trig_proj = self.item_emb(b["trig"]) @ w_trig.t()  # [G, L, Hq+Hh]
-            pre = torch.baddbmm(pre.view(G, C, -1), A * inv, trig_proj)
-        pre = (pre.view(*b["cand"].shape, -1) + bias)
+            pre = pre.baddbmm_(A * inv, trig_proj)
+        pre = pre.add_(nn.functional.embedding(b["cand"], target))
         pre_q, pre_h = pre.split([hq, pre.shape[-1] - hq], -1)  # split: its backward concatenates, no zero fill
         seq, pad, valid = self._sequence(b)
         group = self._group_part(seq, valid, b["profile"], wh, D)  # [G, Hh]
@@ -324,19 +325,20 @@ class PRSModel(nn.Module):
         last = self._last_linear(self.query)
         h = self._before_last(self.query, pre_q)
         w_in, b_in = self.mha.in_proj_weight, self.mha.in_proj_bias
-        q = h @ (w_in[:D] @ last.weight).t() + (w_in[:D] @ last.bias + b_in[:D])
-        k = seq @ w_in[D:2 * D].t() + b_in[D:2 * D]
-        v = seq @ w_in[2 * D:].t() + b_in[2 * D:]
+        F = nn.functional
+        q = F.linear(h, w_in[:D] @ last.weight, w_in[:D] @ last.bias + b_in[:D])
+        k = F.linear(seq, w_in[D:2 * D], b_in[D:2 * D])
+        v = F.linear(seq, w_in[2 * D:], b_in[2 * D:])
         nh = self.mha.num_heads
         heads = lambda t: t.unflatten(-1, (nh, D // nh)).transpose(1, 2)  # [G, nh, *, D/nh]
-        o = nn.functional.scaled_dot_product_attention(
+        o = F.scaled_dot_product_attention(
             heads(q), heads(k), heads(v), attn_mask=(~pad)[:, None, None, :],
             dropout_p=self.mha.dropout if self.training else 0.0).transpose(1, 2).flatten(2)  # [G, C, D]
         # Eq. 11: the attention's output projection merged with the head's first layer
         w_att = wh[:, :D]
         out_proj = self.mha.out_proj
-        h = torch.baddbmm(pre_h + (group + w_att @ out_proj.bias).unsqueeze(1), o,
-                          (w_att @ out_proj.weight).t().expand(len(o), D, -1))
+        h = (pre_h + (group + w_att @ out_proj.bias).unsqueeze(1)).baddbmm_(
+            o, (w_att @ out_proj.weight).t().expand(len(o), D, -1))
         logit = self.head.rest(h).squeeze(-1)
         return logit.masked_fill(~b["cand_mask"], float("-inf"))
 
