@@ -273,7 +273,7 @@ def _literal_logits(m: PRSModel, b: dict[str, torch.Tensor]) -> torch.Tensor:
     candidate, concatenated, the MLPs and ``nn.MultiheadAttention`` applied as layers: the reference the fused
     :meth:`PRSModel.forward` must equal."""
     F = torch.nn.functional
-    G, C, H = b["hit_slot"].shape
+    G, C, _ = b["hit_slot"].shape
     # E_trigger: mean over the hitting triggers h of E_item(h) + W_hit·standardize(x_h)
     used = m.hit_mask(b)
     trig_e = m.item_emb(b["trig"])  # [G, L, D]

@@ -7,12 +7,14 @@ serving, so every stage sees the same rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pi2i.contracts import I2I_SCHEMA, check_schema, read_i2i
+from pi2i.ids import IdPositions
 
 
 @dataclass(frozen=True)
@@ -52,11 +54,11 @@ class I2IIndex:
 
     def row_ids(self, items: np.ndarray) -> np.ndarray:
         """Row number of each item, -1 where the item has no row."""
-        items = np.asarray(items, dtype=np.int64)
-        pos = np.searchsorted(self.triggers, items)
-        pos = np.minimum(pos, max(len(self.triggers) - 1, 0))
-        found = (len(self.triggers) > 0) & (self.triggers[pos] == items) if len(self.triggers) else np.zeros(len(items), bool)
-        return np.where(found, pos, -1)
+        return self._positions(items)
+
+    @cached_property
+    def _positions(self) -> IdPositions:
+        return IdPositions(self.triggers)
 
     def row(self, item: int, limit: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(targets, scores, ranks) of one trigger, best first; empty arrays when it has no row."""

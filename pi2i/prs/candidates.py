@@ -23,6 +23,7 @@ triggers' rows (:func:`candidate_union`); training picks the positive and sample
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numba as nb
 import numpy as np
@@ -30,6 +31,7 @@ import pyarrow as pa
 
 from pi2i.data.events import drop_consecutive_repeats, rows_of
 from pi2i.ibs.i2i import I2IIndex
+from pi2i.ids import IdPositions
 
 #: Per-hit dense inputs of the multi-value trigger feature.
 HIT_FEATURES: tuple[str, ...] = ("score", "rel_score", "log_rank", "pos", "log_age_h")
@@ -128,10 +130,14 @@ class ItemInfo:
         log_pop[np.searchsorted(all_ids, pid)] = np.log1p(cnt)
         return cls(all_ids, side2, price2, log_pop)
 
+    @cached_property
+    def _positions(self) -> IdPositions:
+        return IdPositions(self.item_ids)
+
     def _find(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        flat = np.asarray(items, np.int64).ravel()
-        pos = np.minimum(np.searchsorted(self.item_ids, flat), len(self.item_ids) - 1)
-        return pos, (self.item_ids[pos] == flat) & (flat >= 0)
+        """(row of each item, clamped to a valid one; whether the item has a row)."""
+        pos = self._positions(np.asarray(items, np.int64).ravel())
+        return np.maximum(pos, 0), pos >= 0
 
     def lookup(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(side [..., 3] int64 with -1 unknown, price [...] with NaN unknown) of raw item ids (-1 = pad)."""

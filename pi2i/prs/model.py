@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from pi2i.config import ModelConfig
+from pi2i.ids import IdPositions
 from pi2i.prs.candidates import (
     CROSS_FEATURES,
     HIT_FEATURES,
@@ -85,25 +86,26 @@ class Vocab:
             out[..., 1 + j] = np.where(raw < 0, PAD, np.where(s < 0, OOV, idx))
         return out
 
-    def _table(self) -> tuple[np.ndarray, np.ndarray]:
+    def _table(self) -> tuple[IdPositions, np.ndarray]:
         """Every item the vocabulary or the side info knows, sorted, with its encoded row (built once)."""
         tab = self.__dict__.get("_tab")
         if tab is None:
             ids = np.union1d(self.items, self.info.item_ids).astype(np.int64)
-            tab = (ids, self._encode_slow(ids))
+            tab = (IdPositions(ids), self._encode_slow(ids))
             self.__dict__["_tab"] = tab
         return tab
 
     def encode(self, raw: np.ndarray) -> np.ndarray:
         """Raw item ids [...] (-1 = pad) → int64 [..., NUM_FIELDS] (id, category, brand, seller indices): one
-        binary search into a table encoded once (an item neither clicked nor described is OOV everywhere)."""
+        lookup (:class:`pi2i.ids.IdPositions`) into a table encoded once (an item neither clicked nor described is
+        OOV everywhere)."""
         raw = np.asarray(raw, np.int64)
-        ids, rows = self._table()
-        if len(ids) == 0:
+        positions, rows = self._table()
+        if len(rows) == 0:
             return self._encode_slow(raw)
-        p = np.minimum(np.searchsorted(ids, raw), len(ids) - 1)
-        out = rows[p]
-        miss = ids[p] != raw
+        p = positions(raw)
+        out = rows[np.maximum(p, 0)]
+        miss = p < 0
         if miss.any():
             out[miss] = np.where((raw[miss] < 0)[:, None], PAD, OOV)
         return out
