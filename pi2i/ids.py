@@ -42,3 +42,11 @@ class IdPositions:
             return np.full(x.shape, -1, np.int64)
         pos = np.minimum(np.searchsorted(self.ids, x), len(self.ids) - 1)
         return np.where(self.ids[pos] == x, pos, -1)
+
+    def take(self, values: np.ndarray, x: np.ndarray, fill) -> np.ndarray:
+        """``values[position of x]`` for each id (``values`` aligned with ``ids``), ``fill`` where it is absent."""
+        pos = self(x)
+        out = np.full(pos.shape, fill, np.asarray(values).dtype)
+        hit = pos >= 0
+        out[hit] = np.asarray(values)[pos[hit]]
+        return out

@@ -32,3 +32,10 @@ def test_positions_equal_a_brute_force_search(case, dense, monkeypatch):
     assert np.array_equal(pos(probe), _brute(ids, probe))
     grid = probe[:len(probe) // 2 * 2].reshape(-1, 2)  # any shape in, the same shape out
     assert np.array_equal(pos(grid), _brute(ids, grid))
+
+
+def test_take_reads_aligned_values_and_fills_the_absent():
+    pos = IdPositions(np.array([2, 5, 9], np.int64))
+    got = pos.take(np.array([20, 50, 90], np.int32), np.array([[9, 3], [-1, 2]]), -7)
+    assert got.dtype == np.int32 and got.tolist() == [[90, -7], [-7, 20]]
+    assert IdPositions(np.empty(0, np.int64)).take(np.empty(0, np.int8), np.array([1, 2]), -1).tolist() == [-1, -1]

@@ -16,6 +16,7 @@ import pyarrow as pa
 
 from pi2i.contracts import join, read_json, read_parquet, write_json, write_parquet
 from pi2i.data.events import recent_histories
+from pi2i.ids import IdPositions
 
 N_SPECIAL = 3  # pad, bos, sep (relative to the block's offset)
 VOCAB_FILE = "item_vocab.parquet"
@@ -72,6 +73,7 @@ class ItemVocab:
         self.item_ids = np.asarray(self.item_ids, np.int64)
         self._order = np.argsort(self.item_ids, kind="stable")
         self._sorted = self.item_ids[self._order]
+        self._positions = IdPositions(self._sorted)
 
     @property
     def pad(self) -> int:
@@ -95,12 +97,7 @@ class ItemVocab:
 
     def encode(self, items: np.ndarray) -> np.ndarray:
         """Item ids -> token ids; -1 for items outside the vocabulary."""
-        items = np.asarray(items, np.int64)
-        if len(self._sorted) == 0:
-            return np.full(len(items), -1, np.int64)
-        pos = np.clip(np.searchsorted(self._sorted, items), 0, len(self._sorted) - 1)
-        hit = self._sorted[pos] == items
-        return np.where(hit, self._order[pos] + self.first_item, -1).astype(np.int64)
+        return self._positions.take(self._order.astype(np.int64) + self.first_item, items, -1)
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         """Token ids -> item ids (callers pass item tokens only)."""

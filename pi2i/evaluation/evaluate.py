@@ -79,6 +79,7 @@ from pi2i.data.events import (
 )
 from pi2i.evaluation.metrics import MetricAccumulator, csr_from_pairs, k_ladder
 from pi2i.ibs.i2i import I2IIndex
+from pi2i.ids import IdPositions
 from pi2i.methods import get_method, load_method, read_manifest
 from pi2i.methods.base import Histories, MethodError, Retriever, TrainInputs
 from pi2i.methods.baselines import not_seen
@@ -343,8 +344,7 @@ def recency_segments(history: Histories, categories: tuple[np.ndarray, np.ndarra
     rows = rows_of(ptr)
     recent = ptr[rows + 1] - np.arange(len(items)) <= window  # the last `window` clicks of each row
     rows, items = rows[recent], items[recent]
-    at = np.minimum(np.searchsorted(ids, items), max(len(ids) - 1, 0))
-    cat = np.where((ids[at] == items) if len(ids) else False, cats[at] if len(ids) else -1, -1)
+    cat = IdPositions(ids).take(cats, items, -1)
     n = len(ptr) - 1
     out = np.full(n, -1, np.int8)
     has = np.diff(ptr) > 0

@@ -45,6 +45,7 @@ from pi2i.contracts import (
     write_json,
     write_parquet,
 )
+from pi2i.ids import IdPositions
 from pi2i.prs.candidates import CROSS_FEATURES, Groups, RowLookup
 from pi2i.prs.io import copy_file, read_bytes
 from pi2i.prs.io import uri as _uri
@@ -219,11 +220,8 @@ def fit_popular_merge(ss: SampleSet, users: np.ndarray, cuts: np.ndarray, seen: 
     rank_of = np.empty(len(ids), np.int64)
     rank_of[np.lexsort((ids, -counts))] = np.arange(len(ids))  # most clicked first, then by id
 
-    def pop_rank(x: np.ndarray) -> np.ndarray:  # -1: never clicked (outside the popular channel)
-        if not len(ids):
-            return np.full(len(x), -1, np.int64)
-        i = np.minimum(np.searchsorted(ids, x), len(ids) - 1)
-        return np.where(ids[i] == x, rank_of[i], -1)
+    positions = IdPositions(ids)
+    pop_rank = lambda x: positions.take(rank_of, x, -1)  # global popularity rank; -1: never clicked
 
     n_pool = (cands >= 0).sum(1)
     offered = slot_exposure(edges, np.full(len(users), len(ids)))  # every rank bin, before the blocked items
