@@ -37,7 +37,9 @@ TRAIN_CONFIG: list[str] = []  # --config F: passed to `pi2i train` (e.g. a model
 
 def sh(*args: str) -> float | None:
     out = args[args.index("--out") + 1]
-    if REUSE and Path(out).exists():
+    if REUSE and Path(out).exists():  # say so: a stale work dir would otherwise pass old results off as new
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(Path(out).stat().st_mtime))
+        print(f"(reused {out}, written {when}: pi2i {args[0]} not run)", flush=True)
         return None
     t0 = time.perf_counter()
     print("$ pi2i " + " ".join(args), flush=True)
