@@ -71,9 +71,9 @@ class ItemVocab:
 
     def __post_init__(self) -> None:
         self.item_ids = np.asarray(self.item_ids, np.int64)
-        self._order = np.argsort(self.item_ids, kind="stable")
-        self._sorted = self.item_ids[self._order]
-        self._positions = IdPositions(self._sorted)
+        order = np.argsort(self.item_ids, kind="stable")
+        self._positions = IdPositions(self.item_ids[order])
+        self._tokens = order.astype(np.int64) + self.first_item  # token of each sorted id
 
     @property
     def pad(self) -> int:
@@ -97,7 +97,7 @@ class ItemVocab:
 
     def encode(self, items: np.ndarray) -> np.ndarray:
         """Item ids -> token ids; -1 for items outside the vocabulary."""
-        return self._positions.take(self._order.astype(np.int64) + self.first_item, items, -1)
+        return self._positions.take(self._tokens, items, -1)
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         """Token ids -> item ids (callers pass item tokens only)."""
