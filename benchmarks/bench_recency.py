@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pi2i.config import load_config
 from pi2i.contracts import join
 from pi2i.evaluation.evaluate import prepare_users, read_inputs, recency_segments
+from pi2i.evaluation.gate import paired_difference
 from pi2i.prs.scoring import Scorer
 
 
@@ -39,6 +40,7 @@ def main() -> None:
     ap.add_argument("--k-main", type=int, default=100)
     ap.add_argument("--k-share", type=int, default=20)
     ap.add_argument("--k-click", type=int, default=10, help="list length of the one-click probe")
+    ap.add_argument("--reference", type=float, default=0.5, help="weight every other one is paired against")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     ks = [int(k) for k in a.ks.split(",")]
@@ -59,6 +61,7 @@ def main() -> None:
     probe = [j for j, c in enumerate(clicked) if c is not None]
     result: dict = {"users": len(users), "share_last_click_in_dominant_category": float((segment == 1).mean()),
                     "probe_users": len(probe), "weights": {}}
+    per_user: dict[float, dict[int, np.ndarray]] = {}  # weight -> K -> HR@K of each user
     for w in [float(x) for x in a.weights.split(",")]:
         scorer.stability = w
         recs = scorer.recommend_many(hist, max(ks), exclude_seen=True, explain=False)
@@ -69,8 +72,10 @@ def main() -> None:
             if not len(idx):
                 continue
             for k in ks:
-                hits = [len(targets[j] & set(recs[j].items[:k].tolist())) / len(targets[j]) for j in idx]
+                hits = np.array([len(targets[j] & set(recs[j].items[:k].tolist())) / len(targets[j]) for j in idx])
                 row[f"{name}.hr.{k}"] = float(np.mean(hits))
+                if name == "all":
+                    per_user.setdefault(w, {})[k] = hits
             row[f"{name}.share_last_category.{a.k_share}"] = float(np.mean(
                 [share(info, recs[j].items[:a.k_share], last_cat[j]) for j in idx]))
         if probe:
@@ -83,6 +88,13 @@ def main() -> None:
                  for j, r in zip(probe, after)]))
         result["weights"][str(w)] = row
         print(json.dumps({"stability": w, **{k: round(v, 4) for k, v in row.items()}}), flush=True)
+    if a.reference in per_user:  # HR@K minus the reference weight's, paired over the same users
+        ref = per_user[a.reference]
+        for w, hr in per_user.items():
+            d = {k: paired_difference(hr[k], ref[k]) for k in ks}
+            result["weights"][str(w)]["paired_vs_reference"] = d
+            print(json.dumps({"stability": w, "minus": a.reference, **{
+                f"hr.{k}": f"{d[k]['mean']:+.4f} ± {1.96 * d[k]['se']:.4f}" for k in ks}}, ensure_ascii=False))
     best = max(result["weights"], key=lambda w: result["weights"][w][f"all.hr.{a.k_main}"])
     result["best_stability"] = float(best)
     print(json.dumps({"best_stability": float(best)}))
